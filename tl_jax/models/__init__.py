@@ -1,0 +1,101 @@
+"""Model zoo: Flax Linen modules returning `(logits, features)`; a name-based registry.
+
+Every model: `__call__(x, train=False) -> (logits, features)` with NHWC float32 input and
+`features` a dict of named intermediate maps. jit/eval_shape return dicts with *sorted* keys, so
+feature names are chosen such that `ordered_feature_names(features)` (natural sort: 'block2' <
+'block10') gives forward order for every model here.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable
+
+from flax import linen as nn
+
+from tl_jax.errors import ConfigError
+from tl_jax.models.alexnet import AlexNet
+from tl_jax.models.efficientnet import EfficientNetLite0
+from tl_jax.models.layers import Conv, count_params
+from tl_jax.models.lenet import LeNet5
+from tl_jax.models.resnet import ResNet32, ResNet50
+from tl_jax.models.tiny import TinyCNN, TinyMLP
+from tl_jax.models.vgg import VGG9, VGG16
+
+_REGISTRY: dict[str, type[nn.Module]] = {
+    "lenet5": LeNet5,
+    "alexnet": AlexNet,
+    "vgg9": VGG9,
+    "vgg16": VGG16,
+    "resnet32": ResNet32,
+    "resnet50": ResNet50,
+    "efficientnet_lite0": EfficientNetLite0,
+    "tiny_cnn": TinyCNN,
+    "tiny_mlp": TinyMLP,
+}
+MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+_INPUT_SHAPES = {
+    "lenet5": (32, 32, 1),
+    "alexnet": (224, 224, 3),
+    "vgg9": (32, 32, 3),
+    "vgg16": (224, 224, 3),
+    "resnet32": (32, 32, 3),
+    "resnet50": (224, 224, 3),
+    "efficientnet_lite0": (224, 224, 3),
+    "tiny_cnn": (16, 16, 3),
+    "tiny_mlp": (8, 8, 1),
+}
+# kwargs the registry accepts but the module does not store (the input decides them).
+_IGNORED_KWARGS = {"lenet5": ("in_channels",)}
+
+
+def _check_name(name: str) -> str:
+  if name not in _REGISTRY:
+    raise ConfigError("model.name", name, MODEL_NAMES)
+  return name
+
+
+def create_model(name: str, num_classes: int | None, **kwargs: Any) -> nn.Module:
+  """Builds model `name`; `num_classes=None` builds it without its classification layer."""
+  cls = _REGISTRY[_check_name(name)]
+  for k in _IGNORED_KWARGS.get(name, ()):
+    kwargs.pop(k, None)
+  if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+    raise ConfigError("model.num_classes", num_classes, "a positive int or None")
+  fields = set(cls.__dataclass_fields__) - {"parent", "name"}
+  unknown = sorted(set(kwargs) - fields)
+  if unknown:
+    raise ConfigError(f"model.{unknown[0]}", kwargs[unknown[0]],
+                      sorted(fields - {"num_classes"}), hint=f"not an option of {name}")
+  return cls(num_classes=num_classes, **kwargs)
+
+
+def head_regex(name: str) -> str:
+  """Regex matching the '/'-joined param paths of the classification layer of model `name`."""
+  head = _REGISTRY[_check_name(name)].head_name
+  return rf"^{re.escape(head)}/"
+
+
+def default_input_shape(name: str, variant: str | None = None) -> tuple[int, int, int]:
+  """(H, W, C) a model expects by default ('alexnet' variant 'small' -> (32, 32, 3))."""
+  _check_name(name)
+  if name == "alexnet" and variant == "small":
+    return (32, 32, 3)
+  return _INPUT_SHAPES[name]
+
+
+def _natural_key(s: str) -> list:
+  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def ordered_feature_names(features: Iterable[str]) -> list[str]:
+  """Feature names in forward order (natural sort), whatever order a dict came back in."""
+  return sorted(features, key=_natural_key)
+
+
+__all__ = [
+    "AlexNet", "Conv", "EfficientNetLite0", "LeNet5", "MODEL_NAMES", "ResNet32", "ResNet50",
+    "TinyCNN", "TinyMLP", "VGG9", "VGG16", "count_params", "create_model", "default_input_shape",
+    "head_regex", "ordered_feature_names",
+]

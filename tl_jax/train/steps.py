@@ -1,0 +1,139 @@
+"""Jitted train and eval steps: augmentation, BN statistics and the loss all inside one XLA program."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Batch = dict[str, jax.Array]
+LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def _default_preprocess(images: jax.Array) -> jax.Array:
+  return images.astype(jnp.float32) / 255.0
+
+
+def cross_entropy(label_smoothing: float = 0.0) -> LossFn:
+  """Per-example softmax cross-entropy on integer labels, optionally with label smoothing."""
+
+  def loss_fn(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    n = logits.shape[-1]
+    onehot = jax.nn.one_hot(labels, n, dtype=logits.dtype)
+    if label_smoothing:
+      onehot = optax.smooth_labels(onehot, label_smoothing)
+    return optax.softmax_cross_entropy(logits, onehot)
+
+  return loss_fn
+
+
+def _mask(batch: Batch) -> jax.Array:
+  if "mask" in batch:
+    return batch["mask"].astype(jnp.float32)
+  return jnp.ones(batch["label"].shape[0], jnp.float32)
+
+
+def _split_output(out: Any) -> tuple[jax.Array, Any]:
+  """Models return (logits, features); plain-logit modules are accepted too."""
+  if isinstance(out, tuple) and len(out) == 2:
+    return out
+  return out, {}
+
+
+def make_train_step(model: Any, preprocess_train: Optional[Callable[[jax.Array, jax.Array],
+                                                                    jax.Array]] = None,
+                    loss_fn: Optional[LossFn] = None,
+                    extra_loss: Optional[Callable[[Any, dict[str, Any]], jax.Array]] = None,
+                    *, label_smoothing: float = 0.0, bn_frozen: bool = False,
+                    jit: bool = True) -> Callable[..., tuple[Any, dict[str, jax.Array]]]:
+  """Returns `train_step(state, batch, key) -> (state, metrics)`, jitted with the state donated.
+
+  - `preprocess_train(key, uint8 images) -> float32 images` runs inside the step (augmentation on
+    device); default: scale to [0, 1].
+  - `loss_fn(logits, labels) -> per-example loss`; default cross-entropy with `label_smoothing`.
+    A 'mask' in the batch (1 real, 0 padding) weights the mean.
+  - `extra_loss(params, aux) -> scalar` is added to the loss, aux = {logits, features, labels,
+    images, mask} (for L2-SP, feature matching, ...).
+  - `bn_frozen=True` calls the model with `train=False` (BatchNorm uses and keeps its running
+    statistics; note this also turns dropout off).
+  - Metrics: loss (total), ce_loss, accuracy, count, grad_norm, nonfinite (1.0 if the loss or
+    gradients are NaN/inf; the update is then skipped so the state stays finite and the loop can
+    raise `NonFiniteLossError`).
+  """
+  preprocess = preprocess_train
+  loss_fn = loss_fn or cross_entropy(label_smoothing)
+
+  def train_step(state, batch: Batch, key: jax.Array):
+    key = jax.random.fold_in(key, state.step)
+    aug_key, dropout_key = jax.random.split(key)
+    images = batch["image"]
+    x = preprocess(aug_key, images) if preprocess is not None else _default_preprocess(images)
+    labels = batch["label"]
+    mask = _mask(batch)
+    denom = jnp.maximum(mask.sum(), 1.0)
+    has_bn = bool(jax.tree.leaves(state.batch_stats))
+
+    def compute_loss(params):
+      variables = {"params": params}
+      if has_bn:
+        variables["batch_stats"] = state.batch_stats
+      if bn_frozen or not has_bn:
+        out = model.apply(variables, x, train=not bn_frozen, rngs={"dropout": dropout_key})
+        new_bs = state.batch_stats
+      else:
+        out, mutated = model.apply(variables, x, train=True, mutable=["batch_stats"],
+                                   rngs={"dropout": dropout_key})
+        new_bs = mutated["batch_stats"]
+      logits, features = _split_output(out)
+      per_ex = loss_fn(logits, labels)
+      ce = (per_ex * mask).sum() / denom
+      total = ce
+      if extra_loss is not None:
+        total = total + extra_loss(params, {"logits": logits, "features": features,
+                                            "labels": labels, "images": x, "mask": mask})
+      return total, (ce, logits, new_bs)
+
+    (loss, (ce, logits, new_bs)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
+        state.params)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new_state = state.apply_gradients(grads, batch_stats=new_bs)
+    # Skip the update on a non-finite loss: the loop raises, and the state stays usable.
+    new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+    correct = ((jnp.argmax(logits, -1) == labels) * mask).sum()
+    metrics = {"loss": loss, "ce_loss": ce, "accuracy": correct / denom, "count": mask.sum(),
+               "grad_norm": grad_norm, "nonfinite": 1.0 - finite.astype(jnp.float32)}
+    return new_state, metrics
+
+  return jax.jit(train_step, donate_argnums=0) if jit else train_step
+
+
+def make_eval_step(model: Any, preprocess_eval: Optional[Callable[[jax.Array], jax.Array]] = None,
+                   loss_fn: Optional[LossFn] = None, *,
+                   jit: bool = True) -> Callable[[Any, Batch], dict[str, jax.Array]]:
+  """Returns `eval_step(state, batch) -> sums` with BN in inference mode.
+
+  Output: loss_sum, correct, count (masked sums, so a padded last batch counts only real
+  examples) and per-example `pred` (int32) and `mask` for confusion matrices. `state` needs
+  `.params` and `.batch_stats`.
+  """
+  loss_fn = loss_fn or cross_entropy(0.0)
+
+  def eval_step(state, batch: Batch):
+    images = batch["image"]
+    x = preprocess_eval(images) if preprocess_eval is not None else _default_preprocess(images)
+    variables = {"params": state.params}
+    if jax.tree.leaves(state.batch_stats):
+      variables["batch_stats"] = state.batch_stats
+    logits, _ = _split_output(model.apply(variables, x, train=False))
+    labels = batch["label"]
+    mask = _mask(batch)
+    pred = jnp.argmax(logits, -1).astype(jnp.int32)
+    per_ex = loss_fn(logits, labels)
+    per_ex = jnp.where(mask > 0, per_ex, 0.0)  # padding may hold garbage labels
+    return {"loss_sum": (per_ex * mask).sum(), "correct": ((pred == labels) * mask).sum(),
+            "count": mask.sum(), "pred": pred, "mask": mask}
+
+  return jax.jit(eval_step) if jit else eval_step
