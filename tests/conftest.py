@@ -4,9 +4,17 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "")  # keep user flags; tests that need 4 devices spawn a subprocess
 
+import pathlib
+
+import jax
 import pytest
 
 from tl_jax import paths
+
+# Persistent XLA cache: the many tiny runs in the suite compile the same programs again and again.
+_CACHE = pathlib.Path(__file__).resolve().parent.parent / ".cache" / "jax_tests"
+jax.config.update("jax_compilation_cache_dir", str(_CACHE))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
 def pytest_collection_modifyitems(config, items):

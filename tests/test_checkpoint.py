@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -43,14 +45,23 @@ def _aug(key, images):
 NUM_EPOCHS, BATCH, N_TRAIN = 4, 8, 20  # 2 steps per epoch (drop_last)
 
 
-def _fresh():
+@functools.lru_cache(maxsize=None)
+def _compiled():
+  """Model, optimiser and jitted steps shared by every run (one compilation for the file)."""
   model = TinyCNN()
   v = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 6, 6, 3)))
   ocfg = mc.ConfigDict(dict(name="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3,
                             schedule="cosine", schedule_unit="epoch", frozen=("conv/bias",)))
   tx = optim.make_optimizer(ocfg, N_TRAIN // BATCH, NUM_EPOCHS, v["params"])
+  return model, v, tx, steps.make_train_step(model, _aug), steps.make_eval_step(model)
+
+
+def _fresh():
+  """A freshly initialised state (new buffers: the train step donates them)."""
+  model, v, tx, train_step, eval_step = _compiled()
+  v = jax.tree.map(jnp.copy, v)
   state = TrainState.create(model.apply, v["params"], v["batch_stats"], tx)
-  return state, steps.make_train_step(model, _aug), steps.make_eval_step(model)
+  return state, train_step, eval_step
 
 
 def _cfg():

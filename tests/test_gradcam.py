@@ -129,3 +129,38 @@ def test_panel_and_overlays(tmp_path):
   assert len(paths) == 3
   ov = gc.overlay(x[0], heats["quad"][0])
   assert ov.shape == (16, 16, 3) and 0 <= ov.min() and ov.max() <= 1
+
+
+@pytest.mark.shared
+def test_pretrained_resnet32_heat_falls_on_the_object():
+  """Pointing check on real photos: the L2T-ww ResNet-32's Grad-CAM (true class, last block) puts
+  more heat inside the Tiny ImageNet bounding box than the box's area share, and more than the
+  same map rotated by 180 degrees (a control for a plain centre bias)."""
+  import io
+  from PIL import Image
+  from tl_jax import paths
+  from tl_jax.models import create_model
+  from tl_jax.weights import resnet32_l2t as r32
+  with np.load(paths.resolve("shared://data/tiny_imagenet/val.npz")) as z:
+    raw, off, lab, box = z["jpeg_bytes"], z["offsets"], z["label"], z["bbox"]
+  idx = np.arange(0, 4000, 20)
+  imgs = np.stack([np.asarray(Image.open(io.BytesIO(raw[off[i]:off[i + 1]].tobytes()))
+                              .convert("RGB").resize((32, 32), Image.BILINEAR)) for i in idx])
+  mean, std = np.array(r32.IMAGENET_MEAN), np.array(r32.IMAGENET_STD)
+  prep = lambda b: jnp.asarray(((b / 255.0 - mean) / std).astype(np.float32))
+  heat = gc.gradcam(create_model("resnet32", 200), r32.load_resnet32_l2t(), imgs, "block14",
+                    class_idx=lab[idx], preprocess=prep, batch_size=100, out_hw=(64, 64))
+  inside, rotated, area = [], [], []
+  for h, i in zip(heat, idx):
+    x0, y0, x1, y1 = box[i]
+    m = np.zeros((64, 64), bool)
+    m[y0:y1 + 1, x0:x1 + 1] = True
+    inside.append(h[m].sum() / h.sum())
+    rotated.append(h[::-1, ::-1][m].sum() / h.sum())
+    area.append(m.mean())
+  inside, rotated, area = map(np.asarray, (inside, rotated, area))
+  print(f"Grad-CAM mass in bbox {inside.mean():.3f}, rotated {rotated.mean():.3f}, "
+        f"bbox area {area.mean():.3f}, images above area share {np.mean(inside > area):.2f}")
+  assert inside.mean() > area.mean() + 0.08
+  assert inside.mean() > rotated.mean() + 0.04
+  assert np.mean(inside > area) > 0.75

@@ -85,3 +85,15 @@ def test_resize_is_differentiable():
   g = jax.grad(lambda a: jnp.sum(resize_bilinear(a, (8, 8))))(x)
   # Each output pixel's weights sum to 1 -> total gradient mass = number of output pixels.
   np.testing.assert_allclose(float(jnp.sum(g)), 64.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("src,dst", [((32, 32), (2, 2)), ((8, 4), (32, 6)), ((3, 3), (7, 2))])
+def test_matrix_form_equals_scale_and_translate(src, dst):
+  x = jnp.asarray(_rand((2, *src, 3), seed=7))
+  scale = jnp.array([dst[0] / src[0], dst[1] / src[1]], jnp.float32)
+  ref = jax.image.scale_and_translate(x, (2, *dst, 3), (1, 2), scale, jnp.zeros(2), "linear",
+                                      antialias=False, precision=jax.lax.Precision.HIGHEST)
+  np.testing.assert_allclose(np.asarray(resize_bilinear(x, dst)), np.asarray(ref), rtol=0, atol=1e-6)
+  # inside jit (matrices are compile-time constants) and for HWC input
+  np.testing.assert_allclose(np.asarray(jax.jit(lambda a: resize_bilinear(a, dst))(x[0])), np.asarray(ref[0]),
+                             rtol=0, atol=1e-6)

@@ -1,4 +1,4 @@
-"""Loop, callbacks, metrics and JSONL: Keras-equivalent callbacks, sklearn metrics, fit behaviour."""
+"""Loop, callbacks, metrics, JSONL: Keras-equivalent callbacks, sklearn metrics, fit."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections as mc
 import numpy as np
+import optax
 import pytest
 from sklearn import metrics as skm
 
@@ -221,3 +222,14 @@ def test_fit_without_validation_typed_key_and_padded_last_batch():
   small = mc.ConfigDict(dict(num_epochs=1, batch_size=8, progress=False))  # 4 < batch, drop_last
   with pytest.raises(ConfigError, match="batch_size"):
     loop.fit(final, train_step, eval_step, _ds(4, 0), None, small, None, jax.random.key(3))
+
+
+def test_reduce_lr_without_scale_state_is_a_config_error():
+  model = TinyCNN()
+  v = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 6, 6, 3)))
+  state = TrainState.create(model.apply, v["params"], v["batch_stats"], optax.sgd(0.1))
+  cfg = mc.ConfigDict(dict(num_epochs=1, batch_size=8, progress=False, monitor="val_loss",
+                           reduce_lr=dict(patience=1)))
+  with pytest.raises(ConfigError, match="reduce_lr"):
+    loop.fit(state, steps.make_train_step(model), steps.make_eval_step(model), _ds(8, 0),
+             _ds(8, 1), cfg, None, jax.random.PRNGKey(0))

@@ -23,12 +23,18 @@ from tl_jax.models import layers
 from tl_jax.models.efficientnet import LITE0_BLOCKS
 
 
+def _key(seed: int) -> jax.Array:
+  # rbg keys: with jax 0.10's partitionable threefry, compiling an init's random draws takes
+  # ~10x longer on XLA:CPU (8 s vs 0.8 s for tiny_cnn). Models are impl-agnostic.
+  return jax.random.key(seed, impl="rbg")
+
+
 def _shapes(name, num_classes, batch=2, input_shape=None, **kw):
   """(variables, logits, features, forward-order feature names) of a model, shapes only."""
   model = models.create_model(name, num_classes, **kw)
   shape = input_shape or models.default_input_shape(name, kw.get("variant"))
   x = jnp.zeros((batch,) + tuple(shape), jnp.float32)
-  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+  variables = jax.eval_shape(lambda: model.init(_key(0), x))
   order = []
 
   def fwd(v, x):
@@ -183,9 +189,9 @@ def test_registry_errors():
     models.create_model("vgg9", 0)
   bad = models.create_model("lenet5", 10, variant="fancy", in_channels=1)  # in_channels ignored
   with pytest.raises(ConfigError, match="model.variant"):
-    bad.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+    bad.init(_key(0), jnp.zeros((1, 32, 32, 1)))
   with pytest.raises(ConfigError, match="model.input_shape"):
-    models.create_model("lenet5", 10).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    models.create_model("lenet5", 10).init(_key(0), jnp.zeros((1, 28, 28, 1)))
   assert models.default_input_shape("vgg9") == (32, 32, 3)
   assert models.default_input_shape("resnet50") == (224, 224, 3)
   assert models.default_input_shape("lenet5") == (32, 32, 1)
@@ -202,13 +208,13 @@ def test_registry_errors():
     ((5, 5), 3, 1, ((2, 0), (1, 1)), 2, 4, 6),  # explicit pads, grouped
 ])
 def test_im2col_equals_lax_conv(hw, k, stride, padding, groups, cin, cout):
-  x = jax.random.normal(jax.random.key(1), (3,) + hw + (cin,))
+  x = jax.random.normal(_key(1), (3,) + hw + (cin,))
   kw = dict(features=cout, kernel_size=(k, k), strides=(stride, stride), padding=padding,
             feature_group_count=groups)
   fast = layers.Conv(**kw, small_map_pixels=0)
   im2col = layers.Conv(**kw, force_im2col=True)
-  params = fast.init(jax.random.key(2), x)
-  p2 = im2col.init(jax.random.key(2), x)
+  params = fast.init(_key(2), x)
+  p2 = im2col.init(_key(2), x)
   chex.assert_trees_all_equal_shapes(params, p2)
   params = jax.tree_util.tree_map(lambda p: p + 0.1, params)  # non-zero bias
 
@@ -226,11 +232,11 @@ def test_im2col_equals_lax_conv(hw, k, stride, padding, groups, cin, cout):
 
 
 def test_conv_matches_flax_conv_layout():
-  x = jax.random.normal(jax.random.key(3), (2, 7, 7, 4))
+  x = jax.random.normal(_key(3), (2, 7, 7, 4))
   ours = layers.Conv(6, (3, 3), (2, 2), padding="SAME", force_im2col=True)
   ref = nn.Conv(6, (3, 3), (2, 2), padding="SAME")
-  params = jax.jit(ref.init)(jax.random.key(4), x)
-  chex.assert_trees_all_equal_shapes(params, jax.eval_shape(ours.init, jax.random.key(4), x))
+  params = jax.jit(ref.init)(_key(4), x)
+  chex.assert_trees_all_equal_shapes(params, jax.eval_shape(ours.init, _key(4), x))
   chex.assert_trees_all_close(jax.jit(ours.apply)(params, x), jax.jit(ref.apply)(params, x),
                               atol=1e-5)
 
@@ -248,10 +254,21 @@ def _num_xla_convs(fn, *args):
   return str(jax.make_jaxpr(fn)(*args)).count("conv_general_dilated")
 
 
+@pytest.mark.parametrize("hw,stride,threshold,uses_xla_conv", [
+    (2, 1, 4, False), (4, 2, 4, False),   # 2x2 outputs, also from a stride-2 conv
+    (4, 1, 4, True), (3, 1, 4, True),     # 16 / 9 output pixels
+    (3, 1, 9, False), (2, 1, 0, True)])   # configurable; 0 disables im2col
+def test_conv_dispatch_by_output_size(hw, stride, threshold, uses_xla_conv):
+  conv = layers.Conv(4, (3, 3), (stride, stride), padding=1, small_map_pixels=threshold)
+  x = jax.ShapeDtypeStruct((1, hw, hw, 3), jnp.float32)
+  params = jax.eval_shape(conv.init, _key(0), x)
+  assert _num_xla_convs(conv.apply, params, x) == int(uses_xla_conv)
+
+
 def test_vgg9_small_maps_use_im2col():
   model = models.create_model("vgg9", 10)
   x = jnp.zeros((1, 32, 32, 3))
-  v = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+  v = jax.eval_shape(lambda: model.init(_key(0), x))
   # 8 convs; the two on the 2x2 maps of the last block are im2col matmuls at 32x32 input.
   assert _num_xla_convs(lambda v, x: model.apply(v, x), v, x) == 6
   assert _num_xla_convs(lambda v, x: model.apply(v, x), v, jnp.zeros((1, 64, 64, 3))) == 8
@@ -261,8 +278,8 @@ def test_vgg9_small_maps_use_im2col():
 
 def test_batchnorm_train_vs_eval():
   model = models.create_model("tiny_cnn", 4)
-  x = jax.random.uniform(jax.random.key(5), (4, 8, 8, 3))
-  v = jax.jit(model.init)(jax.random.key(6), x)
+  x = jax.random.uniform(_key(5), (4, 8, 8, 3))
+  v = jax.jit(model.init)(_key(6), x)
   apply = jax.jit(model.apply, static_argnames=("train", "mutable"))
   (logits_t, feats_t), upd = apply(v, x, train=True, mutable=("batch_stats",))
   # Running mean moves 10% (torch momentum 0.1) toward the batch mean of conv0's output.
@@ -283,10 +300,10 @@ def test_batchnorm_train_vs_eval():
 
 def test_dropout_deterministic_under_key():
   model = models.create_model("lenet5", 10, variant="modern", dropout=0.3)
-  x = jax.random.normal(jax.random.key(7), (4, 32, 32, 1))
-  v = jax.jit(model.init)(jax.random.key(8), x)
+  x = jax.random.normal(_key(7), (4, 32, 32, 1))
+  v = jax.jit(model.init)(_key(8), x)
   run = jax.jit(lambda k: model.apply(v, x, train=True, rngs={"dropout": k})[0])
-  a, b, c = run(jax.random.key(1)), run(jax.random.key(1)), run(jax.random.key(2))
+  a, b, c = run(_key(1)), run(_key(1)), run(_key(2))
   chex.assert_trees_all_equal(a, b)
   assert not np.allclose(a, c)
   # Eval needs no rng and equals the dropout-free model with the same params.
@@ -298,9 +315,9 @@ def test_dropout_deterministic_under_key():
 
 
 def test_lenet_classic_uses_tanh_and_avg_pool():
-  x = jax.random.normal(jax.random.key(9), (2, 32, 32, 3))
+  x = jax.random.normal(_key(9), (2, 32, 32, 3))
   classic = models.create_model("lenet5", 10)
-  v = jax.jit(classic.init)(jax.random.key(0), x)
+  v = jax.jit(classic.init)(_key(0), x)
   _, f = jax.jit(classic.apply)(v, x)
   conv1 = jax.jit(nn.Conv(6, (5, 5), padding="VALID").apply)({"params": v["params"]["conv1"]}, x)
   expect = nn.avg_pool(jnp.tanh(conv1), (2, 2), (2, 2))
@@ -312,9 +329,137 @@ def test_lenet_classic_uses_tanh_and_avg_pool():
 
 def test_vgg9_init_statistics():
   model = models.create_model("vgg9", 100)
-  v = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+  v = jax.jit(model.init)(_key(0), jnp.zeros((1, 8, 8, 3)))
   k = np.asarray(v["params"]["conv3"]["kernel"])  # 3x3x256x256: fan_out = 9 * 256
   assert abs(k.std() - math.sqrt(2 / (9 * 256))) < 0.02 * math.sqrt(2 / (9 * 256))
   assert abs(np.asarray(v["params"]["head"]["kernel"]).std() - 0.01) < 0.001
   assert not np.any(np.asarray(v["params"]["head"]["bias"]))
   assert not np.any(np.asarray(v["params"]["conv3"]["bias"]))
+
+
+# ----------------------------------------------------------------------------- pretrained layouts
+
+def _torch_key_to_flax(key: str) -> tuple[str, str]:
+  """The naming rule documented in resnet.py / efficientnet.py: (collection, '/'-joined path)."""
+  parts = [p.lstrip("_") for p in key.split(".")]
+  joined = []
+  for p in parts:
+    if p.isdigit():
+      joined[-1] += f"_{p}"
+    else:
+      joined.append(p)
+  *module, leaf = joined
+  is_bn = re.fullmatch(r"bn\d*|downsample_1", module[-1]) is not None
+  collection, leaf = {
+      "weight": ("params", "scale" if is_bn else "kernel"), "bias": ("params", "bias"),
+      "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}[leaf]
+  return collection, "/".join(module + [leaf])
+
+
+def _to_flax_layout(a: np.ndarray) -> np.ndarray:
+  return a.transpose(2, 3, 1, 0) if a.ndim == 4 else (a.T if a.ndim == 2 else a)
+
+
+def _load_into(variables, npz, skip=("num_batches_tracked",)):
+  """Builds a variables dict from a PyTorch-layout npz; asserts every array lands 1:1."""
+  flat = {c: _flat(variables[c]) for c in variables}
+  out = {c: {} for c in variables}
+  for key in npz.files:
+    if key.endswith(skip):
+      continue
+    collection, path = _torch_key_to_flax(key)
+    value = _to_flax_layout(np.asarray(npz[key], np.float32))
+    assert path in flat[collection], key
+    assert flat[collection][path].shape == value.shape, key
+    out[collection][path] = value
+  for c in variables:
+    assert sorted(out[c]) == sorted(flat[c]), c  # nothing missing either
+  return {c: traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in out[c].items()})
+          for c in out}
+
+
+def _torch_bn(F, sd, p, y, eps):
+  return F.batch_norm(y, sd[p + ".running_mean"], sd[p + ".running_var"], sd[p + ".weight"],
+                      sd[p + ".bias"], False, 0.0, eps)
+
+
+@pytest.mark.shared
+def test_resnet32_matches_l2tww_checkpoint_in_torch():
+  torch = pytest.importorskip("torch")
+  F = torch.nn.functional
+  from tl_jax.paths import resolve
+  npz = np.load(resolve("shared://weights/resnet32_tinyimagenet_l2tww.npz"))
+  model = models.create_model("resnet32", 200)
+  x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+  variables = _load_into(jax.eval_shape(model.init, _key(0), x), npz)
+  logits, feats = jax.jit(model.apply)(variables, x)
+
+  sd = {k: torch.from_numpy(np.asarray(npz[k])) for k in npz.files}
+  with torch.no_grad():
+    y = torch.from_numpy(x).permute(0, 3, 1, 2)
+    y = F.relu(_torch_bn(F, sd, "bn1", F.conv2d(y, sd["conv1.weight"], sd["conv1.bias"],
+                                                  padding=1), 1e-5))
+    blocks = []
+    for first, rest in (("block1", "blocks2"), ("block3", "blocks4"), ("block5", "blocks6")):
+      blocks += [first] + [f"{rest}.{i}" for i in range(4)]
+    torch_feats = []
+    for b in blocks:
+      s = 2 if b in ("block3", "block5") else 1
+      h = F.relu(_torch_bn(F, sd, b + ".bn1", F.conv2d(y, sd[b + ".conv1.weight"], stride=s,
+                                                       padding=1), 1e-5))
+      h = _torch_bn(F, sd, b + ".bn2", F.conv2d(h, sd[b + ".conv2.weight"], padding=1), 1e-5)
+      if b + ".downsample.0.weight" in sd:
+        y = _torch_bn(F, sd, b + ".downsample.1",
+                      F.conv2d(y, sd[b + ".downsample.0.weight"], stride=s), 1e-5)
+      y = F.relu(h + y)
+      torch_feats.append(y.permute(0, 2, 3, 1).numpy())
+    torch_logits = F.linear(y.mean((2, 3)), sd["fc.weight"], sd["fc.bias"]).numpy()
+  chex.assert_trees_all_close(logits, torch_logits, atol=2e-4, rtol=1e-4)
+  for i in (0, 4, 5, 9, 14):
+    chex.assert_trees_all_close(feats[f"block{i}"], torch_feats[i], atol=2e-4, rtol=1e-4)
+
+
+def _tf_same(F, y, k, s):
+  h = y.shape[-1]
+  out = -(-h // s)
+  total = max((out - 1) * s + k - h, 0)
+  return F.pad(y, [total // 2, total - total // 2] * 2)
+
+
+@pytest.mark.shared
+def test_efficientnet_lite0_matches_pretrained_layout_in_torch():
+  torch = pytest.importorskip("torch")
+  F = torch.nn.functional
+  import json
+  from tl_jax.paths import resolve
+  root = resolve("shared://data/efficientnet_lite0_imagenet")
+  arch = json.loads((root / "architecture.json").read_text())
+  assert tuple((b["kernel"], b["stride"], b["expand"], b["cin"], b["cout"])
+               for b in arch["blocks"]) == LITE0_BLOCKS
+  assert all(b["residual"] == (b["stride"] == 1 and b["cin"] == b["cout"]) for b in arch["blocks"])
+  npz = np.load(root / "weights.npz")
+  model = models.create_model("efficientnet_lite0", 1000)
+  x = np.random.default_rng(1).uniform(-1, 1, size=(2, 64, 64, 3)).astype(np.float32)
+  variables = _load_into(jax.eval_shape(model.init, _key(0), x), npz)
+  assert models.count_params(variables["params"]) == arch["parameters"]
+  logits, feats = jax.jit(model.apply)(variables, x)
+
+  sd = {k: torch.from_numpy(np.asarray(npz[k])) for k in npz.files}
+  bn = lambda p, y: _torch_bn(F, sd, p, y, 1e-3)
+  with torch.no_grad():
+    y = torch.from_numpy(x).permute(0, 3, 1, 2)
+    y = F.relu6(bn("_bn0", F.conv2d(_tf_same(F, y, 3, 2), sd["_conv_stem.weight"], stride=2)))
+    for i, (k, s, e, cin, cout) in enumerate(LITE0_BLOCKS):
+      p = f"_blocks.{i}."
+      h = y
+      if e != 1:
+        h = F.relu6(bn(p + "_bn0", F.conv2d(h, sd[p + "_expand_conv.weight"])))
+      h = F.relu6(bn(p + "_bn1", F.conv2d(_tf_same(F, h, k, s), sd[p + "_depthwise_conv.weight"],
+                                          stride=s, groups=h.shape[1])))
+      h = bn(p + "_bn2", F.conv2d(h, sd[p + "_project_conv.weight"]))
+      y = h + y if (s == 1 and cin == cout) else h
+    y = F.relu6(bn("_bn1", F.conv2d(y, sd["_conv_head.weight"])))
+    head = y.permute(0, 2, 3, 1).numpy()
+    torch_logits = F.linear(y.mean((2, 3)), sd["_fc.weight"], sd["_fc.bias"]).numpy()
+  chex.assert_trees_all_close(feats["stage8"], head, atol=1e-3, rtol=1e-3)
+  chex.assert_trees_all_close(logits, torch_logits, atol=1e-3, rtol=1e-3)

@@ -1,4 +1,4 @@
-"""Optimiser/schedule/masks numerics: freezing is exact, decay and multipliers follow the formulas."""
+"""Optimiser, schedule and mask numerics: exact freezing, decay and multiplier formulas."""
 
 from __future__ import annotations
 

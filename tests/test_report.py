@@ -101,7 +101,11 @@ def test_load_runs_rejects_bad_input(tmp_path):
 def test_build_report_writes_everything(tmp_path):
   truth = _fake_runs(tmp_path / "runs")
   out = tmp_path / "results" / "stl10"
-  assert report.main(["--runs", str(tmp_path / "runs"), "--out", str(out)]) == 0
+  hist = [dict(epoch=e, train_loss=1.0 / (e + 1), val_accuracy=0.1 * e) for e in range(3)]
+  (tmp_path / "runs/L2T-ww/n5/seed0/history.json").write_text(json.dumps(hist))
+  (tmp_path / "runs/scratch/n5/seed0/metrics.jsonl").write_text(
+      "\n".join(json.dumps(h) for h in hist))
+  assert report.main(["--runs", str(tmp_path / "runs"), "--out", str(out), "--curves"]) == 0
   readme = (out / "README.md").read_text()
   assert "Mann-Whitney" in readme and "two-sided" in readme and "git commit" in readme
   assert "ddof=1" in readme and "Holm" in readme and "jax" in readme
@@ -118,7 +122,9 @@ def test_build_report_writes_everything(tmp_path):
   figs = sorted((out / "figures").glob("*.png"))
   names = {f.name for f in figs}
   assert {"acc_vs_n_stl10_balanced_test_accuracy.png", "box_stl10_balanced_test_accuracy.png",
-          "cm_stl10_balanced_L2T-www_30.png"} <= names
+          "cm_stl10_balanced_L2T-www_30.png", "curves_stl10_balanced_L2T-ww_5.png",
+          "curves_stl10_balanced_scratch_5.png"} <= names
+  assert "curves_stl10_balanced_L2T-www_5.png" not in names  # that run has no curves file
   for f in figs:
     _assert_png(f)
   assert not list(out.rglob("*.tmp"))
@@ -203,3 +209,36 @@ def test_training_curves_from_metrics_jsonl(tmp_path):
   np.testing.assert_allclose(lines["train_accuracy"].get_ydata(), [0.0, 0.1, 0.2, 0.3])
   plt.close(fig)
   _assert_png(plots.plot_training_curves(path, tmp_path / "curves.png"))
+
+
+def test_project_summary_format_and_cli_options(tmp_path):
+  """Summaries as tl_jax.experiment writes them (extra keys, lower-case method names)."""
+  rng = np.random.default_rng(3)
+  vals = {}
+  for m in ("scratch", "l2t_ww", "l2t_www"):
+    vals[m] = rng.uniform(0.4, 0.6, size=9)
+    for s, a in enumerate(vals[m]):
+      report.write_summary(tmp_path / "runs" / m / f"s{s}", dict(
+          method=m, n_per_class=10, seed=s, test_accuracy=float(a), val_accuracy=None,
+          dataset="shared://data/cifar10/train.npz", best_epoch=None, backend="cpu",
+          devices=["TFRT_CPU_0"], test_per_class_accuracy=[0.1, 0.2],
+          confusion_matrix=[[3, 1], [0, 4]]))
+  runs = report.load_runs(tmp_path / "runs")
+  table, tests_df = report.comparison_table(runs, decimal_sep=",")
+  assert list(tests_df[["a", "b"]].iloc[0]) == ["l2t_www", "l2t_ww"]  # default pair
+  a, b = 100 * vals["l2t_www"], 100 * vals["l2t_ww"]
+  p = sps.mannwhitneyu(a, b, alternative="two-sided", method="asymptotic").pvalue
+  assert tests_df["mw_method"].iloc[0] == "asymptotic"  # 9 seeds each
+  assert tests_df["p"].iloc[0] == pytest.approx(p)
+  assert table.loc[10, "l2t_ww"] == f"{b.mean():.2f} ± {b.std(ddof=1):.2f}".replace(".", ",")
+  out = tmp_path / "out"
+  assert report.main(["--runs", str(tmp_path / "runs"), "--out", str(out),
+                      "--compare", "l2t_www,scratch", "--compare", "l2t_ww,scratch"]) == 0
+  tests_csv = pd.read_csv(out / "tests.csv")
+  assert len(tests_csv) == 2
+  ps = tests_csv["p"].to_numpy()
+  np.testing.assert_allclose(tests_csv["p_holm"], np.minimum(1, np.maximum.accumulate(
+      np.sort(ps) * [2, 1]))[np.argsort(np.argsort(ps))])
+  assert "cpu ['TFRT_CPU_0']" in (out / "README.md").read_text()
+  assert report.main(["--runs", str(tmp_path / "runs"), "--out", str(out),
+                      "--compare", "l2t_www"]) == 2

@@ -116,3 +116,26 @@ def test_missing_and_corrupt_files(tmp_path):
   badt.write_bytes(b"\x80\x02garbage")
   with pytest.raises(ConfigError, match="corrupt"):
     r32.load_resnet32_l2t(badt)
+
+
+@pytest.mark.parametrize("name,kwargs,shape", [
+    ("vgg9", {}, (32, 32, 3)), ("lenet5", {"variant": "classic"}, (32, 32, 1))])
+def test_torch_twins_equal_tl_jax_models(name, kwargs, shape):
+  """The benchmark twins compute the same function as tl_jax's models from the same weights
+  (the ResNet-32 twin is checked on the real checkpoint above)."""
+  torch = pytest.importorskip("torch")
+  from tl_jax.weights import torch_twins as tt
+  model = create_model(name, 10, **kwargs)
+  x = np.asarray(jax.random.normal(jax.random.key(0), (2,) + shape))
+  v = jax.jit(model.init)(jax.random.key(1), x)
+  if "batch_stats" in v:  # non-trivial running statistics
+    v = {**v, "batch_stats": jax.tree.map(
+        lambda s: s + jax.random.uniform(jax.random.key(2), s.shape, minval=0.1, maxval=0.5),
+        v["batch_stats"])}
+  twin = {"vgg9": lambda: tt.VGG9(10), "lenet5": lambda: tt.LeNet5(10, shape[-1], kwargs.get("variant"))}[name]()
+  assert tt.num_params(twin) == sum(a.size for a in jax.tree.leaves(v["params"]))
+  tt.load_twin_from_flax(twin, v)
+  with torch.no_grad():
+    want, _ = twin(tt.nhwc_to_torch(x))
+  got, _ = jax.jit(lambda v, x: model.apply(v, x, train=False))(v, x)
+  chex.assert_trees_all_close(np.asarray(got), want.numpy(), atol=1e-4, rtol=1e-4)

@@ -103,7 +103,8 @@ def init_variables(config, model, image_shape, rng) -> tuple[dict[str, Any], lis
   return tinit.graft(variables, source, skip_prefixes=head_prefix)
 
 
-def _fit_cfg(config, num_epochs: int) -> dict[str, Any]:
+def _fit_cfg(config, num_epochs: int, base_lr: float | None = None) -> dict[str, Any]:
+  """The fit-loop config; reduce_lr.min_lr is an absolute LR (Keras semantics) of base_lr."""
   t = config.train
   es, rl = t.early_stopping, t.reduce_lr
   return {
@@ -113,7 +114,7 @@ def _fit_cfg(config, num_epochs: int) -> dict[str, Any]:
       "early_stopping": {"patience": None if es.patience < 0 else es.patience,
                          "min_delta": es.min_delta},
       "reduce_lr": {"patience": None if rl.patience < 0 else rl.patience, "factor": rl.factor,
-                    "min_lr": rl.min_lr, "base_lr": 1.0},
+                    "min_lr": rl.min_lr, "base_lr": float(base_lr or config.optimizer.lr)},
   }
 
 
@@ -122,6 +123,11 @@ def _effective_batch(config, n_train: int) -> int:
   if bs <= 0:
     raise ConfigError("train.batch_size", bs, "a positive int")
   return min(bs, n_train)
+
+
+def steps_per_epoch(config, n_train: int) -> int:
+  bs = int(config.train.batch_size)
+  return n_train // bs if config.train.drop_last else -(-n_train // bs)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
@@ -154,7 +160,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   history: list[dict[str, Any]] = []
   state = None
   for i, stage in enumerate(stage_list):
-    spe = len(splits.train) // config.train.batch_size
+    spe = steps_per_epoch(config, len(splits.train))
     tx = optim.make_optimizer(stage.optimizer, spe, stage.num_epochs, params)
     logging.info("stage %s: %d epochs", stage.name, stage.num_epochs)
     state = TrainState.create(model.apply, params, batch_stats, tx)
@@ -163,7 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     stage_dir = wd if len(stage_list) == 1 else wd / f"stage{i}_{stage.name}"
     stage_dir.mkdir(exist_ok=True)
     state, hist = loop.fit(state, train_step, eval_step, splits.train, splits.val,
-                           _fit_cfg(config, stage.num_epochs), stage_dir,
+                           _fit_cfg(config, stage.num_epochs, stage.optimizer.lr), stage_dir,
                            jax.random.fold_in(train_rng, i),
                            lr_fn=optim.make_lr_fn(stage.optimizer, spe, stage.num_epochs),
                            num_classes=num_classes)

@@ -205,7 +205,9 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndar
   if img.max() > 1.0 + 1e-6:
     img = img / 255.0
   if img.ndim == 2:
-    img = np.repeat(img[..., None], 3, -1)
+    img = img[..., None]
+  if img.shape[-1] == 1:
+    img = np.repeat(img, 3, -1)
   heat = np.asarray(heat, np.float32)
   if heat.shape != img.shape[:2]:
     heat = np.asarray(jax.image.resize(jnp.asarray(heat), img.shape[:2], "bilinear"))
@@ -254,7 +256,9 @@ def gradcam_panel(entries: Sequence[GradCamEntry], images: np.ndarray, path: str
     preds[e.name] = np.asarray(jnp.argmax(logits, -1))
   fig, axes = plt.subplots(n, k + 1, figsize=(2.0 * (k + 1), 2.0 * n), squeeze=False)
   for i in range(n):
-    axes[i, 0].imshow(images[i])
+    img = images[i]
+    axes[i, 0].imshow(img[..., 0] if img.shape[-1] == 1 else img,
+                      cmap="gray" if img.shape[-1] == 1 else None)
     axes[i, 0].set_title("image" if i == 0 else "", fontsize=8)
     for j, e in enumerate(entries):
       axes[i, j + 1].imshow(overlay(images[i], heats[e.name][i], alpha))

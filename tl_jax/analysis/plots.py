@@ -60,8 +60,8 @@ def draw_accuracy_vs_n(ax: plt.Axes, cells: pd.DataFrame, methods: Sequence[str]
   ax.legend()
 
 
-def plot_accuracy_vs_n(cells: pd.DataFrame, out_path: PathLike, methods: Sequence[str] | None = None,
-                       title: str = "", ylabel: str = "test accuracy (%)") -> pathlib.Path:
+def plot_accuracy_vs_n(cells: pd.DataFrame, out_path: PathLike,
+                       methods: Sequence[str] | None = None, title: str = "", ylabel: str = "test accuracy (%)") -> pathlib.Path:
   fig, ax = plt.subplots(figsize=(6, 4))
   draw_accuracy_vs_n(ax, cells, methods, ylabel)
   ax.set_title(title)

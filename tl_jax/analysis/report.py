@@ -14,7 +14,8 @@ with `write_summary`). Schema (accuracies are FRACTIONS in [0, 1]; tables show p
     minority_accuracy float optional  accuracy on the minority class (imbalanced experiment)
     dataset          str    optional  default 'unknown'
     model            str    optional
-    experiment       str    optional  default 'imbalanced' if minority_accuracy is set else 'balanced'
+    experiment       str    optional  default: 'imbalanced' if minority_accuracy is set,
+                                      else 'balanced'
     confusion_matrix list   optional  [C][C] counts, cm[true][pred] (figure per method at max N)
     hardware, git_commit, wall_time_s, best_epoch, ... optional, kept as extra columns
 
@@ -50,8 +51,9 @@ from tl_jax.errors import ConfigError, check_choice
 SUMMARY_NAME = "summary.json"
 REQUIRED = ("method", "n_per_class", "seed", "test_accuracy")
 ACCURACY_KEYS = ("test_accuracy", "val_accuracy", "minority_accuracy")
-METHOD_ORDER = ("scratch", "from_scratch", "UFM", "L2T-ww", "L2T-www")
-DEFAULT_PAIR = ("L2T-www", "L2T-ww")
+METHOD_ORDER = ("scratch", "from_scratch", "ufm", "UFM", "l2t_ww", "L2T-ww", "l2t_www", "L2T-www")
+# The thesis comparison (proposed vs previous), in the project's and the thesis' spelling.
+DEFAULT_PAIRS = (("l2t_www", "l2t_ww"), ("L2T-www", "L2T-ww"))
 ALPHA = 0.05
 
 
@@ -176,7 +178,7 @@ def comparison_table(runs: pd.DataFrame, metric: str = "test_accuracy",
   if unknown:
     raise ConfigError("methods", unknown, sorted(set(sub["method"])))
   if pairs is None:
-    pairs = [DEFAULT_PAIR] if set(DEFAULT_PAIR) <= set(methods) else []
+    pairs = [p for p in DEFAULT_PAIRS if set(p) <= set(methods)][:1]
   for a, b in pairs:
     for m in (a, b):
       if m not in set(sub["method"]):
@@ -271,9 +273,10 @@ def build_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike,
   md = [f"# Results: {out.name}\n", f"- generated: {now}", f"- git commit: `{git_commit()}`",
         f"- report hardware: {hardware_description()}", f"- runs: {len(runs)} summary.json under "
         f"`{runs_dir}`"]
-  if "hardware" in runs.columns:
-    hw = sorted({str(h) for h in runs["hardware"].dropna()})
-    md.append(f"- training hardware (from summary.json): {'; '.join(hw) or 'n/a'}")
+  hw_cols = [c for c in ("hardware", "backend", "devices") if c in runs.columns]
+  if hw_cols:
+    hw = sorted({" ".join(str(r[c]) for c in hw_cols) for _, r in runs[hw_cols].iterrows()})
+    md.append(f"- training hardware (from summary.json): {'; '.join(hw)}")
   md += ["", "Conventions: values are accuracy in percent, mean ± sample std (ddof=1) over the "
          "seeds of each cell. Tests: Mann-Whitney U (scipy.stats.mannwhitneyu), alternative "
          f"'{alternative}', method 'exact' when a sample has <= {stats.EXACT_MAX_N} values and no "
@@ -320,9 +323,15 @@ def build_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike,
     if curves:
       for (m, n), gc in g.groupby(["method", "n_per_class"]):
         rd = pathlib.Path(gc.sort_values("seed")["run_dir"].iloc[0])
+        records = None
         if (rd / "metrics.jsonl").is_file():
-          plots.plot_training_curves(rd / "metrics.jsonl", fig_dir / f"curves_{_slug(ds, exp, m, n)}"
-                                     ".png", title=f"{m} N={n} seed {gc['seed'].min()}")
+          records = plots.read_metrics_jsonl(rd / "metrics.jsonl")
+        elif (rd / "history.json").is_file():  # tl_jax.experiment: a JSON list of epoch dicts
+          records = json.loads((rd / "history.json").read_text())
+        if records:
+          p = plots.plot_training_curves(records, fig_dir / f"curves_{_slug(ds, exp, m, n)}.png",
+                                         title=f"{m} N={n} seed {gc['seed'].min()}")
+          md.append(f"![curves {m} N={n}]({p.relative_to(out)})")
   write_text_atomic(out / "cells.csv", pd.concat(all_cells).to_csv(index=False))
   write_text_atomic(out / "tests.csv", pd.concat(all_tests).to_csv(index=False))
   return write_text_atomic(out / "README.md", "\n".join(md) + "\n")
@@ -346,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   ap.add_argument("--runs", required=True, help="directory searched for summary.json")
   ap.add_argument("--out", required=True, help="output directory, e.g. results/stl10")
   ap.add_argument("--compare", action="append", help="'A,B' pair (repeatable); default "
-                  "L2T-www,L2T-ww when both exist")
+                  "l2t_www,l2t_ww (or L2T-www,L2T-ww) when both exist")
   ap.add_argument("--methods", help="comma-separated column order / subset")
   ap.add_argument("--alternative", default="two-sided", choices=stats.ALTERNATIVES)
   ap.add_argument("--decimals", type=int, default=2)

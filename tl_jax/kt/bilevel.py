@@ -262,7 +262,7 @@ class KnowledgeTransfer:
       updates, meta_opt_state = self.meta_tx.update(meta_grad, meta_opt_state, meta_params)
       meta_params = optax.apply_updates(meta_params, updates)
       metrics["meta_loss"] = meta_loss
-      metrics["meta_grad_norm"] = optax.global_norm(meta_grad)
+      metrics["meta_grad_norm"] = optax.tree.norm(meta_grad)
     else:
       metrics["meta_loss"] = jnp.zeros((), metrics["ce"].dtype)
       metrics["meta_grad_norm"] = jnp.zeros((), metrics["ce"].dtype)

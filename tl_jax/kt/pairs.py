@@ -10,6 +10,7 @@ channel counts and map sizes.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -34,12 +35,20 @@ class PairSpec:
     return f"{self.source}__{self.target}"
 
 
+def _natural_key(s: str) -> list:
+  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
 def feature_shapes(model: Any, variables: Mapping[str, Any],
                    image_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
-  """Returns {feature name: shape without batch} in forward order, at no compute cost."""
+  """Returns {feature name: shape without batch} in forward order, at no compute cost.
+
+  jit / eval_shape hand dicts back with sorted keys, so forward order is recovered by natural
+  sort of the names ('block2' < 'block10'), the naming rule of tl_jax.models.
+  """
   x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
   _, feats = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
-  return {k: tuple(v.shape[1:]) for k, v in feats.items()}
+  return {k: tuple(feats[k].shape[1:]) for k in sorted(feats, key=_natural_key)}
 
 
 def _lookup(side: str, token: str, names: Sequence[str]) -> str:

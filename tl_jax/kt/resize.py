@@ -10,12 +10,31 @@ in-range taps, which equals PyTorch's clamping of negative source coordinates to
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tl_jax.errors import ConfigError
+
+
+@functools.lru_cache(maxsize=None)
+def interpolation_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """(n_out, n_in) matrix of the 1-D resize: column k = the resize of the unit vector e_k.
+
+  Computed once per size pair with `jax.image.scale_and_translate(..., antialias=False)` (zero
+  translation, scale n_out / n_in) under `ensure_compile_time_eval`, so inside jit the resize is
+  two small constant matmuls instead of the kernel-building ops scale_and_translate stages
+  (that made the twice-differentiated L2T step's HLO several times larger and slow to compile).
+  """
+  with jax.ensure_compile_time_eval():
+    eye = jnp.eye(n_in, dtype=jnp.float32)
+    m = jax.image.scale_and_translate(
+        eye, (n_out, n_in), (0,), jnp.array([n_out / n_in], jnp.float32), jnp.zeros((1,), jnp.float32),
+        method="linear", antialias=False, precision=jax.lax.Precision.HIGHEST)
+    return np.asarray(m, dtype=np.float64)
 
 
 def resize_bilinear(x: jax.Array, out_hw: Sequence[int]) -> jax.Array:
@@ -23,6 +42,7 @@ def resize_bilinear(x: jax.Array, out_hw: Sequence[int]) -> jax.Array:
 
   Matches `torch.nn.functional.interpolate(x, size=out_hw, mode='bilinear',
   align_corners=False)`; for integer ratios also the `scale_factor=` form the reference uses.
+  Bilinear = separable, so rows then columns are resized with `interpolation_matrix`.
   Returns `x` unchanged when the size already matches. Differentiable in `x`.
   """
   if x.ndim not in (3, 4):
@@ -34,12 +54,9 @@ def resize_bilinear(x: jax.Array, out_hw: Sequence[int]) -> jax.Array:
   in_h, in_w = x.shape[h_axis], x.shape[h_axis + 1]
   if (in_h, in_w) == (out_h, out_w):
     return x
-  out_shape = list(x.shape)
-  out_shape[h_axis], out_shape[h_axis + 1] = out_h, out_w
   dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
-  scale = jnp.array([out_h / in_h, out_w / in_w], dtype=dtype)
-  translation = jnp.zeros((2,), dtype=dtype)
-  y = jax.image.scale_and_translate(
-      x.astype(dtype), tuple(out_shape), (h_axis, h_axis + 1), scale, translation,
-      method="linear", antialias=False, precision=jax.lax.Precision.HIGHEST)
-  return y.astype(dtype)
+  mh = jnp.asarray(interpolation_matrix(in_h, out_h), dtype)
+  mw = jnp.asarray(interpolation_matrix(in_w, out_w), dtype)
+  hi = jax.lax.Precision.HIGHEST
+  y = jnp.einsum("oh,...hwc->...owc", mh, x.astype(dtype), precision=hi)
+  return jnp.einsum("pw,...owc->...opc", mw, y, precision=hi)

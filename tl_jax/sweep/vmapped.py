@@ -139,8 +139,12 @@ def _tree_where(pred: jax.Array, new: Any, old: Any) -> Any:
   return jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)
 
 
-def _batches(order: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
-  """[steps, B] positions and masks; the last batch padded with position 0, mask 0."""
+def _batches(order: jax.Array, batch_size: int,
+             drop_last: bool = False) -> tuple[jax.Array, jax.Array]:
+  """[steps, B] positions and masks; the last batch padded with position 0, mask 0, or dropped
+  with drop_last (unless it is the only one)."""
+  if drop_last and order.shape[0] >= batch_size:
+    order = order[: (order.shape[0] // batch_size) * batch_size]
   n = order.shape[0]
   steps = max(1, math.ceil(n / batch_size))
   pad = steps * batch_size - n
@@ -150,10 +154,10 @@ def _batches(order: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
 
 
 def epoch_order(shuffle_key: jax.Array, epoch: jax.Array | int, n_train: int,
-                batch_size: int) -> tuple[jax.Array, jax.Array]:
+                batch_size: int, drop_last: bool = False) -> tuple[jax.Array, jax.Array]:
   """The batches of epoch `epoch` as positions into the seed's train_idx, plus masks."""
   order = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n_train)
-  return _batches(order.astype(jnp.int32), batch_size)
+  return _batches(order.astype(jnp.int32), batch_size, drop_last)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,20 +169,30 @@ class LoopSpec:
   """
   batch_size: int
   eval_batch_size: int = 256
-  patience: Optional[int] = None  # None: never stop early
+  patience: Optional[int] = None  # None or <= 0: never stop early (the config uses -1)
   min_delta: float = 0.0
+  drop_last: bool = False  # drop the incomplete last train batch (kept if it is the only one)
 
   def __post_init__(self):
     if self.batch_size < 1:
-      raise ConfigError("batch_size", self.batch_size, ">= 1")
+      raise ConfigError("train.batch_size", self.batch_size, ">= 1")
     if self.eval_batch_size < 1:
-      raise ConfigError("eval_batch_size", self.eval_batch_size, ">= 1")
-    if self.patience is not None and self.patience < 1:
-      raise ConfigError("early_stopping.patience", self.patience, ">= 1 or None")
+      raise ConfigError("train.eval_batch_size", self.eval_batch_size, ">= 1")
+
+  @property
+  def patience_value(self) -> int:
+    return max(int(self.patience or 0), 0)
+
+  @classmethod
+  def from_config(cls, config: Any) -> "LoopSpec":
+    """From the project config's `train` block (batch sizes, drop_last, early_stopping)."""
+    t = config.train
+    return cls(int(t.batch_size), int(t.eval_batch_size), int(t.early_stopping.patience),
+               float(t.early_stopping.min_delta), bool(t.get("drop_last", False)))
 
 
-def _make_epoch_fn(model: Any, batch_size: int, eval_batch_size: int, preprocess_train,
-                   preprocess_eval, loss_fn) -> Callable:
+def _make_epoch_fn(model: Any, batch_size: int, eval_batch_size: int, drop_last: bool,
+                   preprocess_train, preprocess_eval, loss_fn) -> Callable:
   train_step = steps_lib.make_train_step(model, preprocess_train, loss_fn, jit=False)
   eval_step = steps_lib.make_eval_step(model, preprocess_eval, jit=False)
 
@@ -198,7 +212,7 @@ def _make_epoch_fn(model: Any, batch_size: int, eval_batch_size: int, preprocess
     """patience <= 0 disables early stopping."""
     active = ~carry.done
     pos, mask = epoch_order(data["shuffle_key"], carry.epoch, data["train_idx"].shape[0],
-                            batch_size)
+                            batch_size, drop_last)
 
     def step(state, xs):
       p, m = xs
@@ -266,15 +280,16 @@ class SweepResult:
 
 
 @_cached
-def make_vmapped_runner(model: Any, batch_size: int, eval_batch_size: int, preprocess_train=None,
-                        preprocess_eval=None, loss_fn=None) -> Callable:
+def make_vmapped_runner(model: Any, batch_size: int, eval_batch_size: int, drop_last: bool = False,
+                        preprocess_train=None, preprocess_eval=None,
+                        loss_fn=None) -> Callable:
   """`run(carry[K], images, labels, data[K], patience, min_delta, num_epochs)
   -> (carry, metrics[E, K])` as one jit (cached per model and batch sizes).
 
   The carry is donated; `num_epochs` is static (one compilation per chunk length), so callers
   may run a whole run at once or chunks between checkpoints.
   """
-  one_epoch = _make_epoch_fn(model, batch_size, eval_batch_size, preprocess_train,
+  one_epoch = _make_epoch_fn(model, batch_size, eval_batch_size, drop_last, preprocess_train,
                              preprocess_eval, loss_fn)
   vepoch = jax.vmap(one_epoch, in_axes=(0, None, None, 0, None, None))
 
@@ -301,9 +316,9 @@ def run_vmapped(model: Any, tx: Any, images: np.ndarray, labels: np.ndarray, see
   carry = shard_seed_axis(carry, mesh)
   data = shard_seed_axis(seed_data.device_dict(), mesh)
   images_d, labels_d = replicate((np.asarray(images), np.asarray(labels, np.int32)), mesh)
-  runner = make_vmapped_runner(model, spec.batch_size, spec.eval_batch_size, preprocess_train,
-                               preprocess_eval, loss_fn)
-  carry, metrics = runner(carry, images_d, labels_d, data, jnp.int32(spec.patience or 0),
+  runner = make_vmapped_runner(model, spec.batch_size, spec.eval_batch_size, spec.drop_last,
+                               preprocess_train, preprocess_eval, loss_fn)
+  carry, metrics = runner(carry, images_d, labels_d, data, jnp.int32(spec.patience_value),
                           jnp.float32(spec.min_delta), num_epochs=int(num_epochs))
   return SweepResult(seed_data.seeds, carry, {n: np.asarray(v) for n, v in metrics.items()})
 
@@ -333,7 +348,7 @@ def run_sequential(model: Any, tx: Any, images: np.ndarray, labels: np.ndarray,
     tr_idx, va_idx = seed_data.train_idx[i], seed_data.val_idx[i]
     for e in range(num_epochs):
       pos, mask = epoch_order(jnp.asarray(seed_data.shuffle_key[i]), e, tr_idx.shape[0],
-                              spec.batch_size)
+                              spec.batch_size, spec.drop_last)
       for p, m in zip(np.asarray(pos), np.asarray(mask)):
         idx = tr_idx[p]
         state, _ = train_step(state, {"image": images[idx], "label": labels[idx],
@@ -355,7 +370,7 @@ def run_sequential(model: Any, tx: Any, images: np.ndarray, labels: np.ndarray,
         bad = 0
       else:
         bad += 1
-      if spec.patience and bad >= spec.patience:
+      if spec.patience_value and bad >= spec.patience_value:
         stop = e
         break
     carries.append(SeedCarry(
@@ -369,30 +384,45 @@ def run_sequential(model: Any, tx: Any, images: np.ndarray, labels: np.ndarray,
                      {"val_accuracy": np.asarray(hist, np.float32).T})
 
 
+@flax.struct.dataclass
+class _EvalState:
+  """The two fields `make_eval_step` reads."""
+  params: Any
+  batch_stats: Any
+
+
 def evaluate_stacked(model: Any, params: Any, batch_stats: Any, images: np.ndarray,
                      labels: np.ndarray, preprocess_eval=None, batch_size: int = 256) -> np.ndarray:
   """Per-seed accuracy of stacked params on one shared set (e.g. the test split) -> [K]."""
   eval_step = steps_lib.make_eval_step(model, preprocess_eval, jit=False)
-  n = int(np.shape(labels)[0])
-  pos, mask = _batches(jnp.arange(n, dtype=jnp.int32), batch_size)
-  images, labels = jnp.asarray(images), jnp.asarray(labels, jnp.int32)
+  pos, mask = _batches(jnp.arange(int(np.shape(labels)[0]), dtype=jnp.int32), batch_size)
 
-  def one(p, bs):
-    st = SimpleState(p, bs)
-
+  def one(p, bs, images, labels):
     def body(acc, xs):
-      q, m = xs
-      out = eval_step(st, {"image": images[q], "label": labels[q], "mask": m})
+      out = eval_step(_EvalState(p, bs), {"image": images[xs[0]], "label": labels[xs[0]],
+                                          "mask": xs[1]})
       return acc + out["correct"], None
 
     correct, _ = jax.lax.scan(body, jnp.float32(0), (pos, mask))
-    return correct / n
+    return correct / labels.shape[0]
 
-  return np.asarray(jax.jit(jax.vmap(one))(params, batch_stats))
+  run = jax.jit(jax.vmap(one, in_axes=(0, 0, None, None)))
+  return np.asarray(run(params, batch_stats, jnp.asarray(images), jnp.asarray(labels, jnp.int32)))
 
 
-@flax.struct.dataclass
-class SimpleState:
-  """The two fields `make_eval_step` reads."""
-  params: Any
-  batch_stats: Any
+def time_both_paths(*args, repeats: int = 1, **kwargs) -> dict[str, Any]:
+  """Wall seconds of `run_vmapped` and `run_sequential` (same arguments) after one warm-up
+  call each, so compile time is excluded: the per-backend measurement that decides which path
+  a sweep should use (vmap wins on GPU/TPU, lost 5x on the 2-core XLA:CPU host)."""
+  import time
+  out: dict[str, Any] = {"backend": jax.default_backend(), "devices": jax.device_count()}
+  for name, fn in (("vmapped", run_vmapped), ("sequential", run_sequential)):
+    res = fn(*args, **kwargs)
+    jax.block_until_ready(res.carry)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+      res = fn(*args, **kwargs)
+      jax.block_until_ready(res.carry)
+    out[f"{name}_s"] = (time.perf_counter() - t0) / repeats
+    out[name] = res
+  return out

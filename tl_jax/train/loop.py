@@ -194,6 +194,10 @@ def fit(state: Any, train_step: Callable[..., Any], eval_step: Optional[Callable
                                    min_delta=float(_get(rl_cfg, "min_delta", 1e-4)),
                                    cooldown=int(_get(rl_cfg, "cooldown", 0)),
                                    min_lr=float(_get(rl_cfg, "min_lr", 0.0)))
+    if not optim.has_lr_scale(state):
+      raise ConfigError("reduce_lr.patience", _get(rl_cfg, "patience"),
+                        hint="the state has no optim.LRScaleState; build the optimiser with "
+                        "optim.make_optimizer or add optim.scale_by_lr_scale()")
 
   history: list[dict[str, Any]] = []
   best_state, start_epoch = None, 0

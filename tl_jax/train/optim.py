@@ -67,6 +67,11 @@ def set_lr_scale(opt_state: Any, value: float) -> Any:
       opt_state, is_leaf=_is_scale)
 
 
+def has_lr_scale(tree: Any) -> bool:
+  """Whether `tree` (an optimiser state or a whole train state) holds an LRScaleState."""
+  return any(_is_scale(s) for s in jax.tree.leaves(tree, is_leaf=_is_scale))
+
+
 def get_lr_scale(opt_state: Any) -> float:
   """The current global LR scale (1.0 if the state has no LRScaleState)."""
   found = [s for s in jax.tree.leaves(opt_state, is_leaf=_is_scale) if _is_scale(s)]

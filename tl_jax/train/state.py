@@ -11,7 +11,7 @@ import optax
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything a train step updates; `apply_fn` and `tx` are static so the pytree holds arrays only.
+  """What a train step updates; `apply_fn` and `tx` are static, so the leaves are arrays only.
 
   `batch_stats` is `{}` for models without BatchNorm, so one step function serves every model.
   """

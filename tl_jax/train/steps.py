@@ -1,4 +1,4 @@
-"""Jitted train and eval steps: augmentation, BN statistics and the loss all inside one XLA program."""
+"""Jitted train and eval steps: augmentation, BN statistics and loss in one XLA program."""
 
 from __future__ import annotations
 

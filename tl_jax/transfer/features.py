@@ -71,10 +71,10 @@ def run(config: ml_collections.ConfigDict, wd: pathlib.Path, splits: DataSplits,
   opt = ml_collections.ConfigDict(stage.optimizer.to_dict())
   opt.frozen = ()
   bs = min(int(config.train.batch_size), len(splits.train))
-  spe = len(splits.train) // bs
+  spe = len(splits.train) // bs if config.train.drop_last else -(-len(splits.train) // bs)
   tx = optim.make_optimizer(opt, spe, stage.num_epochs, hv["params"])
   state = TrainState.create(head_model.apply, hv["params"], hv.get("batch_stats", {}), tx)
-  cfg = _fit_cfg(config, stage.num_epochs)
+  cfg = _fit_cfg(config, stage.num_epochs, opt.lr)
   cfg["batch_size"] = bs
   eval_step = steps.make_eval_step(head_model, lambda x: x)
   state, hist = loop.fit(state, steps.make_train_step(head_model, ident), eval_step,

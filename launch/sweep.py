@@ -1,0 +1,77 @@
+"""Run (or hand out) a repetition sweep: methods x N-per-class x seeds from config.sweep.
+
+  # everything on this machine, resumable (cells with summary.json are skipped):
+  python launch/sweep.py --config=configs/<exp>.py --workdir=runs/<exp>
+  # one command per host (each runs its round-robin share; all share --workdir):
+  python launch/sweep.py --config=configs/<exp>.py --workdir=runs/<exp> --print_commands \
+      --num_hosts=4
+  # then tables and figures:
+  python -m tl_jax.analysis.report --runs runs/<exp> --out results/<exp>
+
+Each cell calls `tl_jax.experiment.train_and_evaluate(config, workdir)` (or --run_cell=mod:fn).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from tl_jax.errors import ConfigError  # noqa: E402
+from tl_jax.sweep import grid  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "ml-collections config with a `sweep` "
+                                          "block.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep root; cell workdirs are "
+                               "<workdir>/<method>/n<N>/seed<seed>.")
+_HOST = flags.DEFINE_integer("host_index", 0, "This host's index (0-based).")
+_NUM_HOSTS = flags.DEFINE_integer("num_hosts", 1, "Hosts sharing the grid round-robin.")
+_PRINT = flags.DEFINE_bool("print_commands", False, "Print one command per host and exit.")
+_DRY = flags.DEFINE_bool("dry_run", False, "List the cells this host would run and exit.")
+_KEEP = flags.DEFINE_bool("keep_going", True, "Log a failing cell and continue (exit 1 at end).")
+_RUN_CELL = flags.DEFINE_string("run_cell", None, "module:function to run one cell "
+                                "(default tl_jax.experiment:train_and_evaluate).")
+
+
+def main(argv):
+  del argv
+  if _WORKDIR.value is None or _CONFIG.value is None:
+    print("error: --config and --workdir are required", file=sys.stderr)
+    return 2
+  config = _CONFIG.value
+  try:
+    if _PRINT.value:
+      cells = grid.expand_grid(config, _WORKDIR.value)  # validates the grid before printing
+      overrides = [f"--config.{k}={v}"
+                   for k, v in config_flags.get_override_values(flags.FLAGS["config"]).items()]
+      extra = overrides + ([f"--run_cell={_RUN_CELL.value}"] if _RUN_CELL.value else [])
+      for cmd in grid.host_commands(config_flags.get_config_filename(flags.FLAGS["config"]),
+                                    _WORKDIR.value, _NUM_HOSTS.value, extra,
+                                    script=os.path.relpath(__file__), python="python"):
+        print(cmd)
+      print(f"# {len(cells)} cells over {_NUM_HOSTS.value} host(s)", file=sys.stderr)
+      return 0
+    run_cell = grid.load_run_cell(_RUN_CELL.value) if not _DRY.value else None
+    rep = grid.run_grid(config, _WORKDIR.value, run_cell, _HOST.value, _NUM_HOSTS.value,
+                        keep_going=_KEEP.value, dry_run=_DRY.value)
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  if _DRY.value:
+    for c in rep.pending:
+      print(c.workdir)
+  print(f"ran {len(rep.ran)}, skipped {len(rep.skipped)} (done), failed {len(rep.failed)}",
+        file=sys.stderr)
+  for c, err in rep.failed:
+    print(f"FAILED {c.workdir}: {err}", file=sys.stderr)
+  return 1 if rep.failed else 0
+
+
+if __name__ == "__main__":
+  logging.set_verbosity(logging.INFO)
+  app.run(main)

@@ -1,0 +1,255 @@
+"""Repetition sweeps: methods x N-per-class x seeds, one workdir per cell, resumable.
+
+The grid comes from an ml_collections config:
+
+    config.sweep.methods      = ('scratch', 'ufm', 'l2t_ww', 'l2t_www')
+    config.sweep.n_per_class  = (5, 10, 30, 50, 100)
+    config.sweep.seeds        = 30            # an int n means seeds 0..n-1, or a tuple of seeds
+    config.sweep.method_overrides = {}        # optional {method: {'kt': {'beta': 1.0}}}
+
+How a cell changes the config: `seed` <- seed, `data.n_per_class` <- N, and the method:
+'ufm' / 'l2t_ww' / 'l2t_www' set `kt.method`; a name with an entry in `method_overrides` is
+defined by that entry alone (e.g. 'l2t_www_beta1': {'kt': {'method': 'l2t_www', 'beta': 1.0}});
+any other name sets `transfer.strategy` (with `kt.method = 'none'`). Overrides are nested
+mappings (ConfigDict forbids dots in keys) flattened to dotted fields and applied last. A dotted
+field that does not exist in the config is a ConfigError (typos must not silently do nothing).
+
+Cell workdir: `<root>/<method>/n<N>/seed<seed>`. A cell whose workdir holds summary.json is
+done and skipped; any other cell is (re)run, and its own checkpoints resume it. Cells are dealt
+to hosts round-robin (`cell_index % num_hosts == host_index`), so `--print_commands` can give
+every host one command and the hosts never share a cell.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import json
+import logging
+import os
+import pathlib
+import re
+import shlex
+import tempfile
+import traceback
+from typing import Any, Callable, Mapping, Sequence
+
+import ml_collections
+
+from tl_jax.errors import ConfigError
+
+SUMMARY_NAME = "summary.json"
+KT_METHODS = ("ufm", "l2t_ww", "l2t_www")
+DEFAULT_RUN_CELL = ("tl_jax.experiment:train_and_evaluate", "tl_jax.train.loop:train_and_evaluate")
+RunCell = Callable[[ml_collections.ConfigDict, str], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One run of the grid: its coordinates, its own config and its workdir."""
+  index: int
+  method: str
+  n_per_class: int
+  seed: int
+  config: ml_collections.ConfigDict = dataclasses.field(compare=False, repr=False)
+  workdir: pathlib.Path
+
+  @property
+  def done(self) -> bool:
+    return (self.workdir / SUMMARY_NAME).is_file()
+
+
+def _slug(s: str) -> str:
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_") or "_"
+
+
+def cell_dirname(method: str, n_per_class: int, seed: int) -> str:
+  return f"{_slug(method)}/n{int(n_per_class)}/seed{int(seed)}"
+
+
+def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
+  """config.a.b.c = value for an existing field (ConfigError if any part is missing)."""
+  node = config
+  parts = dotted.split(".")
+  for i, p in enumerate(parts):
+    if not isinstance(node, (ml_collections.ConfigDict, dict)) or p not in node:
+      raise ConfigError(f"sweep override '{dotted}'", value, hint=f"the config has no field "
+                        f"'{'.'.join(parts[:i + 1])}'")
+    if i < len(parts) - 1:
+      node = node[p]
+  try:
+    node[parts[-1]] = value
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"sweep override '{dotted}'", value, hint=str(e)) from e
+
+
+def _seq(sweep: Any, name: str, kind: type) -> list:
+  v = sweep.get(name) if hasattr(sweep, "get") else None
+  if v is None:
+    raise ConfigError(f"sweep.{name}", None, hint="required")
+  if name == "seeds" and isinstance(v, int) and not isinstance(v, bool):
+    if v < 1:
+      raise ConfigError("sweep.seeds", v, "an int >= 1 or a list of seeds")
+    return list(range(v))
+  if isinstance(v, (str, bytes)) or not isinstance(v, Sequence) or not v:
+    raise ConfigError(f"sweep.{name}", v, f"a non-empty list of {kind.__name__}")
+  if not all(isinstance(x, kind) and not isinstance(x, bool) for x in v):
+    raise ConfigError(f"sweep.{name}", v, f"a list of {kind.__name__}")
+  if len(set(v)) != len(v):
+    raise ConfigError(f"sweep.{name}", v, hint="duplicates")
+  return list(v)
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """{'kt': {'beta': 1}} -> {'kt.beta': 1} (dotted keys are accepted too)."""
+  out = {}
+  for k, v in (d.items() if hasattr(d, "items") else []):
+    key = f"{prefix}{k}"
+    if isinstance(v, (Mapping, ml_collections.ConfigDict)):
+      out.update(flatten(v, key + "."))
+    else:
+      out[key] = v
+  return out
+
+
+def _overrides(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
+  mo = config.sweep.get("method_overrides") if "sweep" in config else None
+  return {str(m): flatten(v) for m, v in (mo.items() if mo else [])}
+
+
+def cell_config(config: ml_collections.ConfigDict, method: str, n_per_class: int,
+                seed: int) -> ml_collections.ConfigDict:
+  """A deep copy of `config` with this cell's method, N and seed applied."""
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    set_field(c, "seed", int(seed))
+    set_field(c, "data.n_per_class", int(n_per_class))
+    overrides = _overrides(config)
+    if method in KT_METHODS:
+      set_field(c, "kt.method", method)
+    elif method not in overrides:
+      set_field(c, "transfer.strategy", method)
+      if "kt" in c:
+        set_field(c, "kt.method", "none")
+    for k, v in overrides.get(method, {}).items():
+      set_field(c, k, v)
+  return c
+
+
+def expand_grid(config: ml_collections.ConfigDict, root: str | os.PathLike) -> list[Cell]:
+  """All cells in (method, N, seed) order with their configs and workdirs under `root`."""
+  if "sweep" not in config:
+    raise ConfigError("sweep", None, hint="the config needs a `sweep` block (methods, "
+                      "n_per_class, seeds)")
+  methods = _seq(config.sweep, "methods", str)
+  ns = _seq(config.sweep, "n_per_class", int)
+  seeds = _seq(config.sweep, "seeds", int)
+  if any(n < 1 for n in ns):
+    raise ConfigError("sweep.n_per_class", ns, "positive integers")
+  unknown = set(_overrides(config)) - set(methods)
+  if unknown:
+    raise ConfigError("sweep.method_overrides", sorted(unknown), methods)
+  root = pathlib.Path(root)
+  cells = []
+  for m in methods:
+    for n in ns:
+      for s in seeds:
+        cells.append(Cell(len(cells), m, n, s, cell_config(config, m, n, s),
+                          root / cell_dirname(m, n, s)))
+  return cells
+
+
+def host_cells(cells: Sequence[Cell], host_index: int = 0, num_hosts: int = 1) -> list[Cell]:
+  """The cells of host `host_index` (round-robin, so every host gets every method and N)."""
+  if num_hosts < 1:
+    raise ConfigError("num_hosts", num_hosts, ">= 1")
+  if not 0 <= host_index < num_hosts:
+    raise ConfigError("host_index", host_index, f"0..{num_hosts - 1}")
+  return [c for c in cells if c.index % num_hosts == host_index]
+
+
+def load_run_cell(spec: str | None = None) -> RunCell:
+  """`module:function` (imported lazily); default: the project's train_and_evaluate."""
+  candidates = [spec] if spec else list(DEFAULT_RUN_CELL)
+  errors = []
+  for cand in candidates:
+    mod_name, _, fn_name = cand.partition(":")
+    if not fn_name:
+      raise ConfigError("run_cell", cand, "'module:function'")
+    try:
+      return getattr(importlib.import_module(mod_name), fn_name)
+    except (ImportError, AttributeError) as e:
+      errors.append(f"{cand}: {e}")
+  raise ConfigError("run_cell", spec, candidates, hint="; ".join(errors))
+
+
+def _write_json_atomic(path: pathlib.Path, obj: Any) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  with os.fdopen(fd, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=str)
+  os.replace(tmp, path)
+
+
+@dataclasses.dataclass
+class GridReport:
+  ran: list[Cell] = dataclasses.field(default_factory=list)
+  pending: list[Cell] = dataclasses.field(default_factory=list)  # dry run: would run
+  skipped: list[Cell] = dataclasses.field(default_factory=list)
+  failed: list[tuple[Cell, str]] = dataclasses.field(default_factory=list)
+
+
+def run_grid(config: ml_collections.ConfigDict, root: str | os.PathLike,
+             run_cell: RunCell | None = None, host_index: int = 0, num_hosts: int = 1,
+             keep_going: bool = False, dry_run: bool = False) -> GridReport:
+  """Runs this host's unfinished cells one after another with `run_cell(config, workdir)`.
+
+  A cell is finished when its workdir holds summary.json. With keep_going a failing cell is
+  logged and the sweep goes on (the failure is in the report and the cell reruns next time).
+  """
+  cells = host_cells(expand_grid(config, root), host_index, num_hosts)
+  rep = GridReport()
+  todo = []
+  for c in cells:
+    (rep.skipped if c.done else todo).append(c)
+  logging.info("sweep: %d cells on host %d/%d, %d done, %d to run", len(cells), host_index,
+               num_hosts, len(rep.skipped), len(todo))
+  if dry_run or not todo:
+    rep.pending = todo if dry_run else []
+    return rep
+  run_cell = run_cell or load_run_cell()
+  for i, c in enumerate(todo):
+    logging.info("sweep: cell %d/%d %s", i + 1, len(todo), c.workdir)
+    c.workdir.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(c.workdir / "cell.json", {"method": c.method, "n_per_class": c.n_per_class,
+                                                 "seed": c.seed, "config": c.config.to_dict()})
+    try:
+      run_cell(c.config, str(c.workdir))
+    except Exception as e:  # noqa: BLE001 - reported, and re-raised unless keep_going
+      if not keep_going:
+        raise
+      logging.error("cell %s failed: %s", c.workdir, e)
+      rep.failed.append((c, "".join(traceback.format_exception_only(type(e), e)).strip()))
+      continue
+    if not c.done:
+      rep.failed.append((c, f"run_cell returned but wrote no {SUMMARY_NAME}"))
+      continue
+    rep.ran.append(c)
+  return rep
+
+
+def host_commands(config_arg: str, root: str | os.PathLike, num_hosts: int,
+                  overrides: Mapping[str, Any] | Sequence[str] = (),
+                  script: str = "launch/sweep.py", python: str = "python") -> list[str]:
+  """One shell command per host; each runs its round-robin share of the grid in `root`."""
+  if num_hosts < 1:
+    raise ConfigError("num_hosts", num_hosts, ">= 1")
+  if isinstance(overrides, Mapping):
+    extra = [f"--config.{k}={v}" for k, v in overrides.items()]
+  else:
+    extra = list(overrides)
+  return [" ".join([python, script, f"--config={shlex.quote(config_arg)}",
+                    f"--workdir={shlex.quote(str(root))}", f"--host_index={h}",
+                    f"--num_hosts={num_hosts}", *map(shlex.quote, extra)])
+          for h in range(num_hosts)]
