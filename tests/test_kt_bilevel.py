@@ -54,7 +54,8 @@ def _build(method, dtype, pairs, cfg_items):
                            lr_schedule=cosine_per_epoch(0.1, 5, 10))
 
 
-def _setup(method, dtype=jnp.float32, pairs="0-0,0-2,1-1,1-2", seed=0, **cfg):
+def _setup(method, dtype=jnp.float32, pairs="0-2,1-0", seed=0, **cfg):
+  """Pairs: 8x8 -> 2x2 (downsample) and 4x4 -> 8x8 (upsample), both through the resize."""
   kt = _build(method, dtype, pairs, tuple(sorted(cfg.items())))
   x0 = jnp.zeros((1, HW, HW, 3), dtype)
   sv = kt.source_model.init(jax.random.PRNGKey(seed), x0)
@@ -69,13 +70,10 @@ def _setup(method, dtype=jnp.float32, pairs="0-0,0-2,1-1,1-2", seed=0, **cfg):
   return kt, state, batch
 
 
-def _meta_inputs(kt, state, batch, key):
-  @jax.jit
-  def f(state, batch, key):
-    x, y, pooled, resized, lr, k_drop, k_meta = kt.prepare(state, batch, key)
-    theta0, v0, bs0, _ = kt.real_step(state, x, y, pooled, resized, lr, k_drop)
-    return theta0, v0, bs0, x, y, pooled, resized, lr, k_meta
-  return f(state, batch, key)
+def _lookahead_inputs(kt, state, batch, key):
+  """Meta-objective arguments taking θ_0, v_0 straight from `state` (no real step to compile)."""
+  x, y, pooled, resized, lr, _, k_meta = jax.jit(kt.prepare)(state, batch, key)
+  return state.theta, state.opt_state, state.batch_stats, x, y, pooled, resized, lr, k_meta
 
 
 def _random_like(tree, seed, scale):
@@ -96,7 +94,7 @@ def test_meta_gradient_matches_central_finite_differences_float64(method):
     # mid-training-like: non-zero momentum, φ away from init (softmax / relu6 / softplus generic)
     state = state.replace(opt_state=_random_like(state.opt_state, 1, 0.05))
     phi = _add(state.meta_params, _random_like(state.meta_params, 4, 0.2))
-    args = _meta_inputs(kt, state, batch, key)
+    args = _lookahead_inputs(kt, state, batch, key)
     vg = jax.jit(jax.value_and_grad(kt.meta_objective))
     _, g = vg(phi, *args)
     assert jax.tree_util.tree_leaves(g)[0].dtype == jnp.float64
@@ -114,8 +112,8 @@ def test_meta_gradient_matches_central_finite_differences_float64(method):
 
 def test_first_order_meta_gradient_is_exactly_zero():
   """(The exact meta-gradient of the same setup is non-zero: checked in the FD test.)"""
-  kt, state, batch = _setup("l2t_www", first_order=True)
-  args = _meta_inputs(kt, state, batch, jax.random.PRNGKey(1))
+  kt, state, batch = _setup("l2t_www", pairs="0-2", first_order=True, inner_steps=1)
+  args = _lookahead_inputs(kt, state, batch, jax.random.PRNGKey(1))
   phi = _add(state.meta_params, _random_like(state.meta_params, 4, 0.2))
   loss, g1 = jax.jit(jax.value_and_grad(kt.meta_objective))(phi, *args)
   assert np.isfinite(float(loss)) and float(loss) > 0
@@ -161,7 +159,7 @@ def test_iteration_keeps_real_step_theta_and_updates_phi(method):
   diff = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))), new.meta_params, phi_before)
   assert max(jax.tree_util.tree_leaves(diff)) > 0  # Adam moved φ
   assert max(jax.tree_util.tree_leaves(diff)) < 2e-4  # by about its LR, not more
-  for k in ("loss", "ce", "wfm", "meta_loss", "accuracy", "lr", "lambda/a__t0"):
+  for k in ("loss", "ce", "wfm", "meta_loss", "accuracy", "lr", "lambda/a__t2"):
     assert np.isfinite(float(metrics[k])), k
   assert float(metrics["meta_loss"]) > 0
   np.testing.assert_allclose(float(metrics["loss"]), float(metrics["ce"] + metrics["wfm"]), rtol=1e-6)
@@ -180,11 +178,11 @@ def test_methods_share_signature_and_differ_as_expected():
     if method == "scratch":
       assert s.regressors == {} and s.meta_params == {} and float(m["wfm"]) == 0.0
     if method == "ufm":
-      assert s.meta_params == {} and float(m["wfm"]) > 0 and float(m["lambda/a__t0"]) == 1.0
+      assert s.meta_params == {} and float(m["wfm"]) > 0 and float(m["lambda/a__t2"]) == 1.0
   # L2T-www at init (h ≡ 1) takes the same first real step as L2T-ww (same seeds / φ what-where).
   kt_a, sa, batch = _setup("l2t_ww")
   kt_b, sb, _ = _setup("l2t_www")
-  sb = sb.replace(meta_params={**sb.meta_params, **{k: v for k, v in sa.meta_params.items()}})
+  sb = sb.replace(meta_params={**sb.meta_params, **jax.tree_util.tree_map(jnp.copy, sa.meta_params)})
   sa1, ma = kt_a.l2t_iteration(sa, batch, key)
   sb1, mb = kt_b.l2t_iteration(sb, batch, key)
   chex.assert_trees_all_close(sa1.params, sb1.params, rtol=1e-5, atol=1e-6)
@@ -213,7 +211,7 @@ def test_meta_outputs_for_plots_and_config_errors():
   assert set(out) == {p.key for p in kt.pairs}
   o = out["a__t2"]
   assert o["w"].shape == (B, 4) and o["lam"].shape == (B,) and o["gamma"].shape == (B, 2, 2, 4)
-  chex.assert_trees_all_close(out["b__t1"]["gamma"], jnp.ones((B, 4, 4, 6)), rtol=1e-6)
+  chex.assert_trees_all_close(out["b__t0"]["gamma"], jnp.ones((B, 8, 8, 6)), rtol=1e-6)
   chex.assert_trees_all_close(jnp.sum(o["w"], -1), jnp.ones(B), rtol=1e-6)
   with pytest.raises(ConfigError):
     _setup("l2t_wwww")
@@ -225,4 +223,4 @@ def test_cosine_per_epoch_constant_within_epoch():
   f = cosine_per_epoch(0.1, 10, 200)
   np.testing.assert_allclose([float(f(0)), float(f(9)), float(f(10)), float(f(1999))],
                              [0.1, 0.1, 0.05 * (1 + np.cos(np.pi / 200)), 0.05 * (1 + np.cos(np.pi * 199 / 200))],
-                             rtol=1e-6)
+                             rtol=1e-5, atol=1e-8)

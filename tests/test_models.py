@@ -100,6 +100,15 @@ def test_param_count_exact(name, num_classes, kw, expected, with_stats):
   assert got == expected
 
 
+def test_param_count_resnet32_vs_reference_479281():
+  """The reference PyTorch CResNet reports 479,281 parameters with a 200-way head; 9 of them are
+  its `alphas` list, which forward never uses and the checkpoint does not hold. tl_jax builds only
+  the used parameters: 479,272 = every trainable array of the checkpoint."""
+  v, *_ = _shapes("resnet32", 200, batch=1)
+  unused_reference_alphas = 9
+  assert models.count_params(v["params"]) + unused_reference_alphas == 479_281
+
+
 def test_param_count_resnet50_trainable():
   v, *_ = _shapes("resnet50", 1000, batch=1)
   assert models.count_params(v["params"]) == 25_583_592  # Keras "trainable params"

@@ -164,6 +164,23 @@ def make_gradcam_fn(model, variables, images_shape: Sequence[int], feature: str,
   return fn
 
 
+_FN_CACHE: dict[tuple, Callable] = {}
+
+
+def _cached_fn(model, variables, shape, feature, out_hw):
+  """Reuses compiled Grad-CAM functions across calls (panels call the same model repeatedly)."""
+  try:
+    key = (model, shape, feature, None if out_hw is None else tuple(out_hw))
+    hash(key)
+  except TypeError:
+    return make_gradcam_fn(model, variables, shape, feature, out_hw)
+  if key not in _FN_CACHE:
+    if len(_FN_CACHE) > 32:
+      _FN_CACHE.clear()
+    _FN_CACHE[key] = make_gradcam_fn(model, variables, shape, feature, out_hw)
+  return _FN_CACHE[key]
+
+
 def gradcam(model, variables, images, feature: str, class_idx=None,
             preprocess: Callable | None = None, batch_size: int = 32,
             out_hw: tuple[int, int] | None = None) -> np.ndarray:
@@ -176,7 +193,6 @@ def gradcam(model, variables, images, feature: str, class_idx=None,
     raise ConfigError("gradcam.images", images.shape, hint="expected NHWC")
   n = images.shape[0]
   prep = preprocess or (lambda b: jnp.asarray(b, jnp.float32))
-  fns: dict[tuple, Callable] = {}
   cls_all = None if class_idx is None else np.broadcast_to(np.asarray(class_idx, np.int32), (n,))
   out = []
   for s in range(0, n, batch_size):
@@ -185,15 +201,13 @@ def gradcam(model, variables, images, feature: str, class_idx=None,
     b = batch.shape[0]
     if b < batch_size and n > batch_size:
       batch = jnp.concatenate([batch, jnp.repeat(batch[-1:], batch_size - b, 0)], 0)
-    key = tuple(batch.shape)
-    if key not in fns:
-      fns[key] = make_gradcam_fn(model, variables, key, feature, out_hw)
+    fn = _cached_fn(model, variables, tuple(batch.shape), feature, out_hw)
     cls = None
     if cls_all is not None:
       cls = np.zeros(batch.shape[0], np.int32)
       cls[:b] = cls_all[s:s + b]
       cls = jnp.asarray(cls)
-    heat, _, _ = fns[key](_strip(variables), batch, cls)
+    heat, _, _ = fn(_strip(variables), batch, cls)
     out.append(np.asarray(heat[:b]))
   return np.concatenate(out, 0)
 

@@ -7,7 +7,7 @@ post-activation basic blocks (16/32/64 ch); the first block of stages 2 and 3 ha
 which includes 9 unused `alphas` of the PyTorch model; they are not created here).
 Param tree mirrors the PyTorch state_dict: torch key -> flax path by joining a list index onto the
 preceding name with '_' and replacing '.' by '/':
-  conv1.weight -> params/conv1/kernel (OIHW -> HWIO: transpose (2, 3, 1, 0)); conv1.bias -> conv1/bias
+  conv1.weight -> params/conv1/kernel (OIHW -> HWIO, transpose (2, 3, 1, 0)); conv1.bias -> .../bias
   bn1.weight/bias -> params/bn1/scale|bias; bn1.running_mean/var -> batch_stats/bn1/mean|var
   block1.*, blocks2.{0..3}.* -> block1/*, blocks2_{0..3}/*  (stage 1)
   block3.*, blocks4.{0..3}.* -> block3/*, blocks4_{0..3}/*  (stage 2; block3 has downsample)
@@ -136,10 +136,11 @@ class ResNet50(nn.Module):
         x = self._bottleneck(x, filters, stride if b == 1 else 1, b == 1,
                              f"conv{stage}_block{b}", train)
       feats[f"conv{stage}"] = x
-    if self.num_classes is None and self.pooling is None:
+    if self.num_classes is None:  # include_top=False: `pooling` decides the output
+      if self.pooling == "max":
+        return jnp.max(x, axis=(1, 2)), feats
+      if self.pooling == "avg":
+        return jnp.mean(x, axis=(1, 2)), feats
       return x.reshape(x.shape[0], -1), feats
-    x = jnp.max(x, axis=(1, 2)) if self.pooling == "max" and self.num_classes is None else (
-        jnp.mean(x, axis=(1, 2)))
-    if self.num_classes is None:
-      return x, feats
+    x = jnp.mean(x, axis=(1, 2))  # Keras 'avg_pool'
     return nn.Dense(self.num_classes, name=self.head_name)(x), feats

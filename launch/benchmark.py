@@ -1,0 +1,389 @@
+"""Train-step throughput of every tl_jax model, JAX (XLA:CPU) vs an equivalent PyTorch step.
+
+Why: the project trains on CPU-only hosts, where XLA:CPU convolutions are the bottleneck; this
+measures how far behind a PyTorch step with the same architecture, batch and optimiser (SGD with
+momentum) a tl_jax step is, and whether XLA flags or bfloat16 close the gap.
+
+Per model: both frameworks are built, warmed up (>= 3 steps; the first JAX step includes
+compilation, reported separately), then timed in alternating blocks (JAX, PyTorch, PyTorch, JAX,
+...) of `--steps` steps, `--repeats` blocks each, so slow drifts of machine load hit both alike.
+Reported: median images/s over all timed steps, the IQR, and every step time.
+
+Each variant runs in a fresh subprocess, because XLA reads XLA_FLAGS once at import. The JAX step
+is tl_jax's: `make_train_step` (jitted, state donated) + `TrainState` + `make_optimizer` (SGD,
+momentum 0.9); time is taken after `jax.block_until_ready`. The PyTorch step uses the twins of
+`tl_jax.bench.torch_models` with `torch.set_num_threads(os.cpu_count())`. Both start from uint8
+images and scale them to [0, 1] inside the step. Flax convolutions are NHWC; XLA picks its own
+layout, so NCHW vs NHWC is not a JAX option (PyTorch NCHW is the default; `torch_channels_last`
+times PyTorch in NHWC memory format).
+
+  python launch/benchmark.py                                  # all models, default variant
+  python launch/benchmark.py --models resnet32,vgg9 --variants default,onednn,bf16,no_im2col
+Outputs: <out>/<hardware-slug>.json and .md (written atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+  sys.path.insert(0, str(ROOT))
+
+# key -> (tl_jax model name, kwargs, num_classes, (H, W, C), batch, timed steps per block)
+SPECS = {
+    "lenet5": ("lenet5", {}, 10, (32, 32, 1), 128, 5),
+    "alexnet_small": ("alexnet", {"variant": "small"}, 10, (32, 32, 3), 128, 5),
+    "alexnet_imagenet": ("alexnet", {"variant": "imagenet"}, 1000, (224, 224, 3), 16, 5),
+    "vgg9": ("vgg9", {}, 100, (32, 32, 3), 64, 5),
+    "vgg16": ("vgg16", {}, 1000, (224, 224, 3), 8, 5),
+    "resnet32": ("resnet32", {}, 200, (32, 32, 3), 128, 5),
+    "resnet50": ("resnet50", {}, 1000, (224, 224, 3), 8, 5),
+    "efficientnet_lite0": ("efficientnet_lite0", {}, 1000, (224, 224, 3), 16, 5),
+}
+# name -> (XLA_FLAGS, JAX compute dtype, tl_jax im2col for tiny maps, PyTorch mode, what it tests)
+VARIANTS = {
+    "default": ("", "float32", True, "fp32", "XLA defaults, float32"),
+    "onednn": ("--xla_cpu_use_onednn=true", "float32", True, "fp32", "oneDNN kernels in XLA"),
+    "xnnpack": ("--xla_cpu_use_xnnpack=true", "float32", True, "fp32", "XNNPACK kernels in XLA"),
+    "ynn": ("--xla_cpu_experimental_ynn_fusion_type=individual_dot,individual_convolution",
+            "float32", True, "fp32", "YNNPACK dots and convolutions"),
+    "no_eigen_mt": ("--xla_cpu_multi_thread_eigen=false", "float32", True, "fp32",
+                    "single-threaded Eigen kernels"),
+    "fast_math": ("--xla_cpu_enable_fast_math=true", "float32", True, "fp32", "XLA fast math"),
+    "bf16": ("", "bfloat16", True, "bf16", "bf16 compute, f32 params (PyTorch: autocast bf16)"),
+    "no_im2col": ("", "float32", False, "fp32", "tl_jax Conv im2col path for <=2x2 maps off"),
+    "torch_channels_last": ("", "float32", True, "channels_last", "PyTorch NHWC memory format"),
+}
+DEFAULT_VARIANT_MODELS = "resnet32,vgg9"
+
+
+# ----------------------------------------------------------------------------- worker side
+def _patch_no_im2col() -> None:
+  """Makes every tl_jax Conv use XLA's convolution even on tiny maps (threshold 0)."""
+  from tl_jax.models import alexnet, efficientnet, layers, resnet, vgg
+
+  class ConvNoIm2col(layers.Conv):
+    small_map_pixels: int = 0
+
+  for mod in (alexnet, efficientnet, resnet, vgg):
+    mod.Conv = ConvNoIm2col
+
+
+class _CastModel:
+  """Runs a Flax model with params and input cast to `dtype` (f32 master params, f32 logits)."""
+
+  def __init__(self, model, dtype):
+    self.model, self.dtype = model, dtype
+
+  def apply(self, variables, x, **kw):
+    import jax
+    import jax.numpy as jnp
+    v = dict(variables)
+    v["params"] = jax.tree.map(lambda p: p.astype(self.dtype), v["params"])
+    out = self.model.apply(v, x.astype(self.dtype), **kw)
+    if kw.get("mutable"):
+      (logits, feats), mutated = out
+      return (logits.astype(jnp.float32), feats), mutated
+    logits, feats = out
+    return logits.astype(jnp.float32), feats
+
+
+def _jax_runner(key: str, batch: int, dtype: str):
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from tl_jax import models
+  from tl_jax.train.optim import make_optimizer
+  from tl_jax.train.state import TrainState
+  from tl_jax.train.steps import make_train_step
+
+  name, kwargs, n, shape, _, _ = SPECS[key]
+  model = models.create_model(name, n, **kwargs)
+  rng = np.random.default_rng(0)
+  x0 = jnp.zeros((1,) + shape, jnp.float32)
+  variables = jax.jit(lambda k, x: model.init(k, x, train=False))(jax.random.key(0), x0)
+  tx = make_optimizer({"name": "sgd", "lr": 0.01, "momentum": 0.9}, 100, 1, variables["params"])
+  state = TrainState.create(model.apply, variables["params"], variables.get("batch_stats"), tx)
+  step_model = model if dtype == "float32" else _CastModel(model, jnp.dtype(dtype))
+  step = make_train_step(step_model)
+  data = {"image": jnp.asarray(rng.integers(0, 256, (batch,) + shape, dtype=np.uint8)),
+          "label": jnp.asarray(rng.integers(0, n, (batch,), dtype=np.int32))}
+  key_ = jax.random.key(1)
+  box = [state]
+
+  def run() -> float:
+    t = time.perf_counter()
+    box[0], metrics = step(box[0], data, key_)
+    jax.block_until_ready((box[0], metrics))
+    return time.perf_counter() - t
+
+  return run
+
+
+def _torch_runner(key: str, batch: int, mode: str):
+  import contextlib
+  import numpy as np
+  import torch
+  import torch.nn.functional as F
+  from tl_jax.bench.torch_models import create_twin
+
+  torch.set_num_threads(os.cpu_count() or 1)
+  torch.manual_seed(0)
+  name, kwargs, n, shape, _, _ = SPECS[key]
+  model = create_twin(name, n, in_channels=shape[-1], **kwargs).train()
+  rng = np.random.default_rng(0)
+  x = torch.from_numpy(rng.integers(0, 256, (batch, shape[2]) + shape[:2], dtype=np.uint8))
+  y = torch.from_numpy(rng.integers(0, n, (batch,)).astype(np.int64))
+  if mode == "channels_last":
+    model = model.to(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
+  opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+  autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if mode == "bf16" else (
+      contextlib.nullcontext)
+
+  def run() -> float:
+    t = time.perf_counter()
+    opt.zero_grad(set_to_none=True)
+    with autocast():
+      logits, _ = model(x.float().div_(255.0))
+      loss = F.cross_entropy(logits.float(), y)
+    loss.backward()
+    opt.step()
+    loss.detach().item()
+    return time.perf_counter() - t
+
+  return run
+
+
+def _summary(times: list[float], batch: int) -> dict:
+  import numpy as np
+  ips = batch / np.asarray(times)
+  q1, med, q3 = np.percentile(ips, [25, 50, 75])
+  return {"median_img_s": float(med), "iqr_img_s": [float(q1), float(q3)],
+          "median_step_s": float(np.median(times)), "step_times_s": [float(t) for t in times]}
+
+
+def run_worker(args) -> None:
+  """Times the requested models for one variant in this process (XLA_FLAGS already set)."""
+  from tqdm import tqdm
+  flags, dtype, im2col, torch_mode, _ = VARIANTS[args.variant]
+  if not im2col:
+    _patch_no_im2col()
+  frameworks = args.frameworks.split(",")
+  records, errors = [], []
+  keys = args.models.split(",")
+  bar = tqdm(total=len(keys) * args.repeats, desc=f"[{args.variant}]", file=sys.stderr,
+             dynamic_ncols=True)
+  for key in keys:
+    _, _, _, shape, batch, steps = SPECS[key]
+    batch, steps = args.batch or batch, args.steps or steps
+    bar.set_postfix_str(key)
+    runners, times, first = {}, {}, {}
+    try:
+      for fw in frameworks:
+        runners[fw] = (_jax_runner(key, batch, dtype) if fw == "jax"
+                       else _torch_runner(key, batch, torch_mode))
+        warm = [runners[fw]() for _ in range(args.warmup)]
+        first[fw], times[fw] = warm[0], []
+      for r in range(args.repeats):
+        order = frameworks if r % 2 == 0 else frameworks[::-1]
+        for fw in order:
+          times[fw] += [runners[fw]() for _ in range(steps)]
+        bar.update(1)
+    except Exception as e:  # noqa: BLE001 -- one model failing must not lose the others
+      errors.append({"model": key, "variant": args.variant, "error": repr(e)[:2000]})
+      bar.update(args.repeats)
+      continue
+    for fw in frameworks:
+      rec = {"model": key, "framework": "jax" if fw == "jax" else "pytorch",
+             "variant": args.variant, "xla_flags": flags if fw == "jax" else "",
+             "dtype": dtype if fw == "jax" else torch_mode, "batch": batch,
+             "input_shape_nhwc": [batch, *shape], "warmup_steps": args.warmup,
+             "timed_steps": len(times[fw]), "first_step_s": first[fw]}
+      rec.update(_summary(times[fw], batch))
+      records.append(rec)
+  bar.close()
+  _atomic_write(Path(args.worker_out), json.dumps({"records": records, "errors": errors}))
+
+
+# ----------------------------------------------------------------------------- driver side
+def _atomic_write(path: Path, text: str) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  with os.fdopen(fd, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def _cpu_model() -> str:
+  try:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def _cpu_flags() -> list[str]:
+  try:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("flags"):
+        return sorted(f for f in line.split(":", 1)[1].split()
+                      if f.startswith(("avx", "amx", "fma")))
+  except OSError:
+    pass
+  return []
+
+
+def _loadavg() -> list[float]:
+  try:
+    return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+  except OSError:
+    return []
+
+
+def _git(*cmd: str) -> str:
+  try:
+    return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+
+
+def _versions() -> dict:
+  from importlib import metadata
+  out = {"python": platform.python_version()}
+  for pkg in ("jax", "jaxlib", "flax", "optax", "torch", "numpy"):
+    try:
+      out[pkg] = metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+      out[pkg] = None
+  return out
+
+
+def hardware_slug(cpu: str, cores: int) -> str:
+  return re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-") + f"-{cores}c"
+
+
+def _markdown(meta: dict, records: list[dict], errors: list[dict]) -> str:
+  lines = [f"# Train-step throughput on {meta['hardware']['cpu']} ({meta['hardware']['cores']} "
+           "cores)", "", f"- command: `{meta['command']}`", f"- git commit: `{meta['git_commit']}`"
+           + (" (working tree had uncommitted changes)" if meta["git_dirty"] else ""),
+           f"- date (UTC): {meta['date_utc']}",
+           f"- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+           f"- CPU flags: {' '.join(meta['hardware']['cpu_flags'])}",
+           f"- load average before/after: {meta['loadavg_start']} / {meta['loadavg_end']}",
+           "- images/s: median over all timed steps (IQR in brackets); first step = compile "
+           "+ run for JAX.", ""]
+  by = {(r["model"], r["variant"], r["framework"]): r for r in records}
+  variants = list(dict.fromkeys(r["variant"] for r in records))
+  for v in variants:
+    lines += [f"## Variant `{v}`: {VARIANTS[v][4]}", "",
+              "| model | input (NHWC) | JAX img/s | PyTorch img/s | JAX / PyTorch | "
+              "JAX first step s |", "|---|---|---|---|---|---|"]
+    for key in dict.fromkeys(r["model"] for r in records if r["variant"] == v):
+      j, t = by.get((key, v, "jax")), by.get((key, v, "pytorch"))
+      fmt = lambda r: (f"{r['median_img_s']:.1f} [{r['iqr_img_s'][0]:.1f}-"
+                       f"{r['iqr_img_s'][1]:.1f}]" if r else "-")
+      ratio = f"{j['median_img_s'] / t['median_img_s']:.2f}" if j and t else "-"
+      shape = "x".join(map(str, (j or t)["input_shape_nhwc"]))
+      lines.append(f"| {key} | {shape} | {fmt(j)} | {fmt(t)} | {ratio} | "
+                   f"{j['first_step_s']:.1f} |" if j else f"| {key} | {shape} | - | {fmt(t)} "
+                   "| - | - |")
+    lines.append("")
+  if errors:
+    lines += ["## Errors", ""] + [f"- {e['variant']} / {e['model']}: `{e['error'][:300]}`"
+                                  for e in errors] + [""]
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--models", default=",".join(SPECS), help=f"comma list of {list(SPECS)}")
+  p.add_argument("--batch", type=int, default=0, help="override every model's batch size")
+  p.add_argument("--steps", type=int, default=0, help="timed steps per block (default per model)")
+  p.add_argument("--repeats", type=int, default=2, help="timed blocks per framework")
+  p.add_argument("--warmup", type=int, default=3)
+  p.add_argument("--variants", default="default", help=f"comma list of {list(VARIANTS)}")
+  p.add_argument("--variant-models", default=DEFAULT_VARIANT_MODELS,
+                 help="models timed under non-default variants")
+  p.add_argument("--frameworks", default="jax,torch")
+  p.add_argument("--out", default=str(ROOT / "results" / "benchmarks"))
+  p.add_argument("--timeout", type=float, default=1800, help="seconds per variant subprocess")
+  p.add_argument("--variant", help=argparse.SUPPRESS)      # worker mode
+  p.add_argument("--worker-out", help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  if args.worker_out:
+    return run_worker(args)
+
+  from tl_jax.errors import ConfigError
+  for m in args.models.split(",") + args.variant_models.split(","):
+    if m not in SPECS:
+      raise ConfigError("benchmark.models", m, list(SPECS))
+  variants = args.variants.split(",")
+  for v in variants:
+    if v not in VARIANTS:
+      raise ConfigError("benchmark.variants", v, list(VARIANTS))
+  for fw in args.frameworks.split(","):
+    if fw not in ("jax", "torch"):
+      raise ConfigError("benchmark.frameworks", fw, ["jax", "torch"])
+  if args.warmup < 3 or args.repeats * (args.steps or 5) < 10:
+    print("warning: fewer than 3 warm-up or 10 timed steps: not a reportable run", file=sys.stderr)
+
+  from tqdm import tqdm
+  cpu, cores = _cpu_model(), os.cpu_count() or 1
+  meta = {"command": "python " + " ".join(shlex.quote(a) for a in [
+      os.path.relpath(__file__, ROOT)] + (sys.argv[1:] if argv is None else argv)),
+          "git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(_git("status", "--porcelain")),
+          "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "hardware": {"cpu": cpu, "cores": cores, "cpu_flags": _cpu_flags(),
+                       "platform": platform.platform()},
+          "versions": _versions(), "loadavg_start": _loadavg(),
+          "env_XLA_FLAGS_ignored": os.environ.get("XLA_FLAGS", "")}
+  records, errors, t0 = [], [], time.time()
+  with tempfile.TemporaryDirectory() as tmp:
+    for v in tqdm(variants, desc="variants", file=sys.stderr, dynamic_ncols=True):
+      models = args.models if v == "default" else args.variant_models
+      wout = Path(tmp) / f"{v}.json"
+      cmd = [sys.executable, os.path.abspath(__file__), "--variant", v, "--worker-out", str(wout),
+             "--models", models, "--batch", str(args.batch), "--steps", str(args.steps),
+             "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+             "--frameworks", args.frameworks]
+      env = dict(os.environ, XLA_FLAGS=VARIANTS[v][0],
+                 PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+      try:
+        proc = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                              timeout=args.timeout)
+        rc = proc.returncode
+      except subprocess.TimeoutExpired:
+        rc = "timeout"
+      if wout.exists():
+        got = json.loads(wout.read_text())
+        records += got["records"]
+        errors += got["errors"]
+      if rc != 0:
+        errors.append({"model": models, "variant": v, "error": f"worker exit status {rc}"})
+  meta["loadavg_end"], meta["wall_s"] = _loadavg(), round(time.time() - t0, 1)
+  out = Path(args.out)
+  slug = hardware_slug(cpu, cores)
+  payload = dict(meta, records=records, errors=errors)
+  _atomic_write(out / f"{slug}.json", json.dumps(payload, indent=1) + "\n")
+  _atomic_write(out / f"{slug}.md", _markdown(meta, records, errors) + "\n")
+  print(f"wrote {out / slug}.json and .md ({meta['wall_s']} s)")
+
+
+if __name__ == "__main__":
+  main()
