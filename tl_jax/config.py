@@ -89,7 +89,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.kt.source_num_classes = 200
   c.kt.source_weights = "shared://weights/resnet32_tinyimagenet_l2tww.npz"
   c.kt.source_kind = "l2t_resnet32"
-  c.kt.pairs = "all"
+  # 15 pairs: the source's 3 stage outputs (ResNet-32 blocks 4, 9, 14) x the target's 5 pre-pool
+  # maps (VGG-9), 'm-n' by feature index or name; 'all' pairs every feature with every feature.
+  c.kt.pairs = ",".join(f"{m}-{n}" for m in (4, 9, 14) for n in range(5))
   c.kt.beta = 0.5
   c.kt.inner_steps = 2
   c.kt.meta_lr = 1e-4

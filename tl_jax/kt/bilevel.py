@@ -136,6 +136,11 @@ class KnowledgeTransfer:
   # ---------------------------------------------------------------- state
   def init(self, key: jax.Array, target_variables: Mapping[str, Any],
            source_variables: Mapping[str, Any] | None = None) -> KTState:
+    """Fresh state (zero momentum, initial regressors and φ). The variables are copied, since
+    `l2t_iteration` donates the state and would otherwise invalidate the caller's arrays."""
+    copy = lambda t: jax.tree_util.tree_map(jnp.array, t)  # noqa: E731
+    target_variables = copy(dict(target_variables))
+    source_variables = copy(dict(source_variables or {}))
     k_reg, k_meta = jax.random.split(key)
     method = self.config.method
     params = target_variables["params"]
@@ -146,7 +151,7 @@ class KnowledgeTransfer:
                    batch_stats=target_variables.get("batch_stats", {}), regressors=regressors,
                    opt_state=jax.tree_util.tree_map(jnp.zeros_like, theta), meta_params=meta,
                    meta_opt_state=self.meta_tx.init(meta),
-                   source_variables=dict(source_variables) if method != "scratch" else {})
+                   source_variables=source_variables if method != "scratch" else {})
 
   # ---------------------------------------------------------------- pieces
   def target_forward(self, params, batch_stats, x, rng):

@@ -1,0 +1,46 @@
+"""UFM / L2T-ww / L2T-www through train_and_evaluate on tiny data and tiny models."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.helpers import tiny_config, write_tiny_npz
+from tl_jax import experiment
+from tl_jax.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  data = write_tiny_npz(tmp_path_factory.mktemp("data"))
+  src = tmp_path_factory.mktemp("source")
+  experiment.train_and_evaluate(tiny_config(data, **{"model.kwargs.width": 8}), src)
+  return data, src
+
+
+def _kt_config(data, src, method, **kw):
+  return tiny_config(data, **{"kt.method": method, "kt.source_model": "tiny_cnn",
+                              "kt.source_num_classes": 3, "kt.source_kind": "tl_jax",
+                              "kt.source_weights": str(src), "kt.pairs": "0-0,1-1,1-0",
+                              "train.num_epochs": 1, **kw})
+
+
+@pytest.mark.parametrize("method", ["ufm", "l2t_ww", "l2t_www"])
+def test_kt_methods_run_end_to_end(setup, tmp_path, method):
+  data, src = setup
+  s = experiment.train_and_evaluate(_kt_config(data, src, method), tmp_path)
+  assert s["method"] == method
+  assert 0.0 <= s["test_accuracy"] <= 1.0
+  rec = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+  assert np.isfinite(rec["train_wfm"]) and rec["train_wfm"] > 0  # the matching term is on
+  if method != "ufm":
+    assert rec["train_meta_grad_norm"] > 0
+
+
+def test_kt_bad_pair_and_optimizer(setup, tmp_path):
+  data, src = setup
+  with pytest.raises(ConfigError, match="kt.pairs.target"):
+    experiment.train_and_evaluate(_kt_config(data, src, "l2t_ww", **{"kt.pairs": "0-7"}), tmp_path)
+  with pytest.raises(ConfigError, match="optimizer.name"):
+    experiment.train_and_evaluate(
+        _kt_config(data, src, "l2t_ww", **{"optimizer.name": "adam"}), tmp_path)
