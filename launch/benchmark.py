@@ -66,7 +66,10 @@ VARIANTS = {
     "no_im2col": ("", "float32", False, "fp32", "tl_jax Conv im2col path for <=2x2 maps off"),
     "torch_channels_last": ("", "float32", True, "channels_last", "PyTorch NHWC memory format"),
 }
+# Models timed under each non-default variant unless --variant-models is given.
+VARIANT_MODELS = {"no_im2col": "vgg9"}  # the im2col path only changes VGG-9's 2x2 maps
 DEFAULT_VARIANT_MODELS = "resnet32,vgg9"
+PAUSE_S = 0.5  # idle gap between timed blocks, so one framework's spinning threads settle
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -200,6 +203,7 @@ def run_worker(args) -> None:
       for r in range(args.repeats):
         order = frameworks if r % 2 == 0 else frameworks[::-1]
         for fw in order:
+          time.sleep(PAUSE_S)
           times[fw] += [runners[fw]() for _ in range(steps)]
         bar.update(1)
     except Exception as e:  # noqa: BLE001 -- one model failing must not lose the others
@@ -214,6 +218,7 @@ def run_worker(args) -> None:
              "timed_steps": len(times[fw]), "first_step_s": first[fw]}
       rec.update(_summary(times[fw], batch))
       records.append(rec)
+    _atomic_write(Path(args.worker_out), json.dumps({"records": records, "errors": errors}))
   bar.close()
   _atomic_write(Path(args.worker_out), json.dumps({"records": records, "errors": errors}))
 
@@ -318,11 +323,14 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--repeats", type=int, default=2, help="timed blocks per framework")
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--variants", default="default", help=f"comma list of {list(VARIANTS)}")
-  p.add_argument("--variant-models", default=DEFAULT_VARIANT_MODELS,
-                 help="models timed under non-default variants")
+  p.add_argument("--variant-models", default=None,
+                 help=f"models timed under non-default variants (default {DEFAULT_VARIANT_MODELS}"
+                 f", per-variant {VARIANT_MODELS})")
   p.add_argument("--frameworks", default="jax,torch")
   p.add_argument("--out", default=str(ROOT / "results" / "benchmarks"))
   p.add_argument("--timeout", type=float, default=1800, help="seconds per variant subprocess")
+  p.add_argument("--max-minutes", type=float, default=0,
+                 help="start no new variant after this many minutes (0: no limit)")
   p.add_argument("--variant", help=argparse.SUPPRESS)      # worker mode
   p.add_argument("--worker-out", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
@@ -330,7 +338,8 @@ def main(argv: list[str] | None = None) -> None:
     return run_worker(args)
 
   from tl_jax.errors import ConfigError
-  for m in args.models.split(",") + args.variant_models.split(","):
+  extra = args.variant_models.split(",") if args.variant_models else []
+  for m in args.models.split(",") + extra:
     if m not in SPECS:
       raise ConfigError("benchmark.models", m, list(SPECS))
   variants = args.variants.split(",")
@@ -354,9 +363,21 @@ def main(argv: list[str] | None = None) -> None:
           "versions": _versions(), "loadavg_start": _loadavg(),
           "env_XLA_FLAGS_ignored": os.environ.get("XLA_FLAGS", "")}
   records, errors, t0 = [], [], time.time()
+  out, slug = Path(args.out), hardware_slug(cpu, cores)
+
+  def save() -> None:  # after every variant, so an interrupted run keeps what it measured
+    meta["loadavg_end"], meta["wall_s"] = _loadavg(), round(time.time() - t0, 1)
+    _atomic_write(out / f"{slug}.json", json.dumps(dict(meta, records=records, errors=errors),
+                                                   indent=1) + "\n")
+    _atomic_write(out / f"{slug}.md", _markdown(meta, records, errors) + "\n")
+
   with tempfile.TemporaryDirectory() as tmp:
     for v in tqdm(variants, desc="variants", file=sys.stderr, dynamic_ncols=True):
-      models = args.models if v == "default" else args.variant_models
+      if args.max_minutes and time.time() - t0 > 60 * args.max_minutes:
+        errors.append({"model": "-", "variant": v, "error": "skipped: --max-minutes reached"})
+        continue
+      models = (args.models if v == "default" else
+                args.variant_models or VARIANT_MODELS.get(v, DEFAULT_VARIANT_MODELS))
       wout = Path(tmp) / f"{v}.json"
       cmd = [sys.executable, os.path.abspath(__file__), "--variant", v, "--worker-out", str(wout),
              "--models", models, "--batch", str(args.batch), "--steps", str(args.steps),
@@ -376,12 +397,7 @@ def main(argv: list[str] | None = None) -> None:
         errors += got["errors"]
       if rc != 0:
         errors.append({"model": models, "variant": v, "error": f"worker exit status {rc}"})
-  meta["loadavg_end"], meta["wall_s"] = _loadavg(), round(time.time() - t0, 1)
-  out = Path(args.out)
-  slug = hardware_slug(cpu, cores)
-  payload = dict(meta, records=records, errors=errors)
-  _atomic_write(out / f"{slug}.json", json.dumps(payload, indent=1) + "\n")
-  _atomic_write(out / f"{slug}.md", _markdown(meta, records, errors) + "\n")
+      save()
   print(f"wrote {out / slug}.json and .md ({meta['wall_s']} s)")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import chex
@@ -16,7 +17,7 @@ from tl_jax.errors import ConfigError
 from tl_jax.kt import matching
 from tl_jax.kt.meta_nets import MetaNetworks, WHICH_BIAS_INIT, count_meta_params, init_meta_params
 from tl_jax.kt.pairs import PairSpec, all_to_all, feature_shapes, parse_pairs
-from tl_jax.kt.resize import resize_bilinear
+from tl_jax.kt.resize import interpolation_matrix
 
 SRC_SHAPES = {"a": (8, 8, 4), "b": (4, 4, 6)}
 TGT_SHAPES = {"t0": (8, 8, 3), "t1": (4, 4, 5), "t2": (2, 2, 5)}
@@ -40,7 +41,7 @@ def _perturb(tree, seed, scale=0.3):
 
 
 def _setup(which, seed=0):
-  pairs = _pairs()
+  pairs = _pairs("0-0,0-2,1-1,1-0")  # same size, 8->2 down, 4->8 up; both source layers
   src, tgt = _feats(SRC_SHAPES, seed), _feats(TGT_SHAPES, seed + 1)
   reg = matching.init_regressors(pairs, jax.random.PRNGKey(seed))
   resized = matching.resize_sources(pairs, src)
@@ -49,6 +50,7 @@ def _setup(which, seed=0):
   return pairs, src, tgt, reg, resized, pooled, phi
 
 
+@functools.partial(jax.jit, static_argnums=(0, 5))
 def _loss(pairs, reg, tgt, resized, meta_out, beta=0.5):
   return matching.matching_loss(pairs, reg, tgt, resized, meta_out, beta, matching.full_gamma(pairs, meta_out))
 
@@ -104,6 +106,12 @@ def test_regressor_is_1x1_conv_with_torch_default_init():
   chex.assert_trees_all_close(out, conv, rtol=1e-5, atol=1e-6)
 
 
+def _np_resize(x, hw):
+  """NumPy bilinear resize with the (torch-checked) separable interpolation matrices."""
+  mh, mw = interpolation_matrix(x.shape[1], hw[0]), interpolation_matrix(x.shape[2], hw[1])
+  return np.einsum("oh,pw,bhwc->bopc", mh, mw, x)
+
+
 def test_wfm_loss_matches_explicit_reductions():
   pairs, src, tgt, reg, resized, pooled, phi = _setup(which=True)
   phi = _perturb(phi, 11)
@@ -111,10 +119,10 @@ def test_wfm_loss_matches_explicit_reductions():
   got = float(_loss(pairs, reg, tgt, resized, out, beta=0.5))
   total = 0.0
   for p in pairs:
-    s_hat = np.asarray(resize_bilinear(src[p.source], p.target_hw), np.float64)
+    s_hat = _np_resize(np.asarray(src[p.source], np.float64), p.target_hw)
     kr = np.asarray(reg[p.key]["kernel"], np.float64); br = np.asarray(reg[p.key]["bias"], np.float64)
     r = np.einsum("bhwt,ts->bhws", np.asarray(tgt[p.target], np.float64), kr) + br
-    gamma = np.asarray(resize_bilinear(out[p.key]["gamma"], p.target_hw), np.float64)
+    gamma = _np_resize(np.asarray(out[p.key]["gamma"], np.float64), p.target_hw)
     H, W = p.target_hw
     w = np.asarray(out[p.key]["w"], np.float64); lam = np.asarray(out[p.key]["lam"], np.float64)
     for b in range(B):
@@ -199,6 +207,21 @@ def test_meta_param_counts_resnet32_to_vgg9():
 def test_loss_gradient_reaches_all_meta_nets():
   pairs, src, tgt, reg, resized, pooled, phi = _setup(which=True)
   net = MetaNetworks(pairs, which=True)
-  g = jax.grad(lambda ph: _loss(pairs, reg, tgt, resized, net.apply({"params": ph}, pooled)))(phi)
+  g = jax.jit(jax.grad(lambda ph: _loss(pairs, reg, tgt, resized, net.apply({"params": ph}, pooled))))(phi)
   for name, sub in g.items():
     assert float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree_util.tree_leaves(sub))) > 0, name
+
+
+def test_padding_mask_keeps_padded_samples_out_of_the_means():
+  from tl_jax.kt.bilevel import softmax_ce
+  pairs, src, tgt, reg, resized, pooled, phi = _setup(which=True)
+  out = MetaNetworks(pairs, which=True).apply({"params": _perturb(phi, 3)}, pooled)
+  gam = matching.full_gamma(pairs, out)
+  mask = jnp.array([1.0, 1.0, 0.0])
+  first2 = lambda t: jax.tree_util.tree_map(lambda a: a[:2], t)  # noqa: E731
+  masked = matching.matching_loss(pairs, reg, tgt, resized, out, 0.5, gam, mask)
+  ref = matching.matching_loss(pairs, reg, first2(tgt), first2(resized), first2(out), 0.5, first2(gam))
+  chex.assert_trees_all_close(masked, ref, rtol=1e-6)
+  logits = jnp.asarray(np.random.default_rng(0).standard_normal((3, 4)), jnp.float32)
+  labels = jnp.array([0, 3, 99])  # padding may carry a garbage label
+  chex.assert_trees_all_close(softmax_ce(logits, labels, mask), softmax_ce(logits[:2], labels[:2]), rtol=1e-6)

@@ -101,8 +101,9 @@ def cosine_per_epoch(base_lr: float, steps_per_epoch: int, num_epochs: int) -> C
   return fn
 
 
-def softmax_ce(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+def softmax_ce(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+  """Mean cross-entropy; a 0/1 `mask` (padded last batch) keeps padding out of the mean."""
+  return matching.batch_mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels), mask)
 
 
 class KnowledgeTransfer:
@@ -177,35 +178,36 @@ class KnowledgeTransfer:
       out = self.meta_net.apply({"params": meta_params}, pooled)
     return out, matching.full_gamma(self.pairs, out)
 
-  def wfm(self, regressors, feats, resized, meta_out, gammas):
+  def wfm(self, regressors, feats, ctx, meta_out, gammas):
     if not self.pairs:
-      return jnp.zeros(())
-    return matching.matching_loss(self.pairs, regressors, feats, resized, meta_out,
-                                  self.config.beta, gammas)
+      return jnp.zeros((), ctx["x"].dtype)
+    return matching.matching_loss(self.pairs, regressors, feats, ctx["resized"], meta_out,
+                                  self.config.beta, gammas, ctx["mask"])
 
   def _step_theta(self, theta, v, grads, lr):
     c = self.config
     return sgd_momentum_step(theta, v, grads, lr, c.momentum, c.weight_decay)
 
   # ---------------------------------------------------------------- meta objective
-  def meta_objective(self, meta_params, theta0, v0, bs0, x, y, pooled, resized, lr, rng):
+  def meta_objective(self, meta_params, theta0, v0, bs0, ctx, rng):
     """CE(θ_{T+1}) after T L_wfm-only + 1 CE-only momentum-SGD steps from (θ_0, v_0).
 
     Differentiable in `meta_params` (exact second-order meta-gradient); θ_0, v_0 are constants.
     With `config.first_order` the inner gradients are stop_gradient'ed (result: zero gradient).
     """
     c = self.config
-    meta_out, gammas = self.meta_forward(meta_params, pooled, x.shape[0])
+    x, y, mask, lr = ctx["x"], ctx["y"], ctx["mask"], ctx["lr"]
+    meta_out, gammas = self.meta_forward(meta_params, ctx["pooled"], x.shape[0])
     theta, v, bs = jax.lax.stop_gradient((theta0, v0, bs0))
     rngs = jax.random.split(rng, c.inner_steps + 2)
 
     def wfm_fn(th, bs_, r):
       _, feats, nbs = self.target_forward(th["target"], bs_, x, r)
-      return self.wfm(th["regressors"], feats, resized, meta_out, gammas), nbs
+      return self.wfm(th["regressors"], feats, ctx, meta_out, gammas), nbs
 
     def ce_fn(th, bs_, r):
       logits, _, nbs = self.target_forward(th["target"], bs_, x, r)
-      return softmax_ce(logits, y), nbs
+      return softmax_ce(logits, y, mask), nbs
 
     def make_step(loss_fn):
       def step(th, v_, bs_, r):
@@ -225,7 +227,9 @@ class KnowledgeTransfer:
 
   # ---------------------------------------------------------------- one iteration
   def prepare(self, state: KTState, batch: Mapping[str, jax.Array], key: jax.Array):
-    """Per-iteration constants: images, labels, source pooled / resized maps, LR, rngs."""
+    """Per-iteration constants `ctx` = {x, y, mask, pooled, resized, lr} (images after
+    augmentation, labels, 0/1 padding mask, pooled / resized source maps, scheduled LR), and the
+    dropout and look-ahead rngs."""
     k = jax.random.fold_in(key, state.step)
     k_aug, k_drop, k_meta = jax.random.split(k, 3)
     x = self.preprocess(k_aug, batch["image"])
@@ -236,34 +240,39 @@ class KnowledgeTransfer:
     else:
       pooled, resized = {}, {}
     lr = jnp.asarray(self.lr_schedule(state.step), x.dtype)
-    return x, y, pooled, resized, lr, k_drop, k_meta
+    mask = batch.get("mask")
+    mask = jnp.ones(y.shape, x.dtype) if mask is None else mask.astype(x.dtype)
+    ctx = {"x": x, "y": y, "mask": mask, "pooled": pooled, "resized": resized, "lr": lr}
+    return ctx, k_drop, k_meta
 
-  def real_step(self, state: KTState, x, y, pooled, resized, lr, rng):
+  def real_step(self, state: KTState, ctx, rng):
     """Step 1: θ_0, v_0, BN stats after one momentum-SGD step on CE + L_wfm (φ constant)."""
-    meta_out, gammas = self.meta_forward(jax.lax.stop_gradient(state.meta_params), pooled, x.shape[0])
+    x, y, mask, lr = ctx["x"], ctx["y"], ctx["mask"], ctx["lr"]
+    meta_out, gammas = self.meta_forward(jax.lax.stop_gradient(state.meta_params), ctx["pooled"], x.shape[0])
 
     def total_fn(theta):
       logits, feats, nbs = self.target_forward(theta["target"], state.batch_stats, x, rng)
-      ce = softmax_ce(logits, y)
-      wfm = self.wfm(theta["regressors"], feats, resized, meta_out, gammas)
+      ce = softmax_ce(logits, y, mask)
+      wfm = self.wfm(theta["regressors"], feats, ctx, meta_out, gammas)
       return ce + wfm, (ce, wfm, logits, nbs)
 
     grads, (ce, wfm, logits, nbs) = jax.grad(total_fn, has_aux=True)(state.theta)
     theta0, v0 = self._step_theta(state.theta, state.opt_state, grads, lr)
-    metrics = {"loss": ce + wfm, "ce": ce, "wfm": wfm,
-               "accuracy": jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32)), "lr": lr}
+    correct = (jnp.argmax(logits, -1) == y).astype(x.dtype)
+    metrics = {"loss": ce + wfm, "ce": ce, "wfm": wfm, "accuracy": matching.batch_mean(correct, mask),
+               "lr": lr}
     for p in self.pairs:
-      metrics[f"lambda/{p.key}"] = jnp.mean(meta_out[p.key]["lam"])
+      metrics[f"lambda/{p.key}"] = matching.batch_mean(meta_out[p.key]["lam"], mask)
     return theta0, v0, nbs, metrics
 
   def iteration(self, state: KTState, batch: Mapping[str, jax.Array], key: jax.Array):
     """Un-jitted body of `l2t_iteration` (see module docstring)."""
-    x, y, pooled, resized, lr, k_drop, k_meta = self.prepare(state, batch, key)
-    theta0, v0, bs0, metrics = self.real_step(state, x, y, pooled, resized, lr, k_drop)
+    ctx, k_drop, k_meta = self.prepare(state, batch, key)
+    theta0, v0, bs0, metrics = self.real_step(state, ctx, k_drop)
     meta_params, meta_opt_state = state.meta_params, state.meta_opt_state
     if self.config.method in META_METHODS:
       meta_loss, meta_grad = jax.value_and_grad(self.meta_objective)(
-          meta_params, theta0, v0, bs0, x, y, pooled, resized, lr, k_meta)
+          meta_params, theta0, v0, bs0, ctx, k_meta)
       updates, meta_opt_state = self.meta_tx.update(meta_grad, meta_opt_state, meta_params)
       meta_params = optax.apply_updates(meta_params, updates)
       metrics["meta_loss"] = meta_loss

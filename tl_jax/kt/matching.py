@@ -94,9 +94,18 @@ def uniform_meta(pairs: Sequence[PairSpec], batch: int, dtype=jnp.float32) -> di
                   "lam": jnp.ones((batch,), dtype)} for p in pairs}
 
 
+def batch_mean(x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+  """Mean over the batch; with a 0/1 `mask` (padded last batch) only real samples count."""
+  if mask is None:
+    return jnp.mean(x)
+  mask = mask.astype(x.dtype)
+  return jnp.sum(jnp.where(mask > 0, x, 0.0) * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
 def weighted_matching_loss(pairs: Sequence[PairSpec], sq: Mapping[str, jax.Array],
                            meta_out: Mapping[str, Mapping[str, jax.Array]], beta: float,
-                           gammas: Mapping[str, jax.Array | None] | None = None) -> jax.Array:
+                           gammas: Mapping[str, jax.Array | None] | None = None,
+                           mask: jax.Array | None = None) -> jax.Array:
   """L_wfm = β Σ_pairs mean_b λ_b Σ_c w_bc d_bc (see module docstring)."""
   total = 0.0
   for p in pairs:
@@ -104,17 +113,18 @@ def weighted_matching_loss(pairs: Sequence[PairSpec], sq: Mapping[str, jax.Array
     d = channel_distances(sq[p.key], g)  # (B, C)
     o = meta_out[p.key]
     per_sample = o["lam"] * jnp.sum(o["w"] * d, axis=-1)  # (B,)
-    total = total + jnp.mean(per_sample)
+    total = total + batch_mean(per_sample, mask)
   return beta * total
 
 
 def matching_loss(pairs: Sequence[PairSpec], regressor_params: Any,
                   target_feats: Mapping[str, jax.Array], resized_sources: Mapping[str, jax.Array],
                   meta_out: Mapping[str, Mapping[str, jax.Array]], beta: float,
-                  gammas: Mapping[str, jax.Array | None] | None = None) -> jax.Array:
+                  gammas: Mapping[str, jax.Array | None] | None = None,
+                  mask: jax.Array | None = None) -> jax.Array:
   """Regress, square, weight, reduce: the whole L_wfm from target features and meta outputs."""
   sq = squared_differences(pairs, regressor_params, target_feats, resized_sources)
-  return weighted_matching_loss(pairs, sq, meta_out, beta, gammas)
+  return weighted_matching_loss(pairs, sq, meta_out, beta, gammas, mask)
 
 
 def count_params(tree: Any) -> int:

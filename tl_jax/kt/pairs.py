@@ -117,3 +117,11 @@ def parse_pairs(spec: str | Sequence[str], source_shapes: Mapping[str, Sequence[
 def all_to_all(source_idx: Sequence[int], target_idx: Sequence[int]) -> str:
   """'m-n' string pairing each listed source index with each listed target index."""
   return ",".join(f"{m}-{n}" for m in source_idx for n in target_idx)
+
+
+def pairs_for_models(spec: str | Sequence[str], source_model: Any, source_variables: Mapping[str, Any],
+                     target_model: Any, target_variables: Mapping[str, Any],
+                     image_shape: Sequence[int]) -> tuple[PairSpec, ...]:
+  """`parse_pairs` against the feature shapes both models produce for `image_shape` (H, W, C)."""
+  return parse_pairs(spec, feature_shapes(source_model, source_variables, image_shape),
+                     feature_shapes(target_model, target_variables, image_shape))

@@ -1,0 +1,63 @@
+r"""Seed 003, "Laboratório de Otimização": improve a CIFAR-100 CNN with dropout, BatchNorm and
+data augmentation (cumulative, as the lab does: each step keeps the previous ones).
+
+Data: shared/data/cifar100 — train 10,000 (100 per fine class), val 3,000 (30 per class, held out
+from the official training split), test 916 (the first 916 official test images, 4-15 per class).
+Model: tl_jax.scenarios.cnn.Seed003CNN (conv32-conv32-pool-conv64-conv64-pool-fc512-fc100, ReLU),
+Adam lr 1e-3, batch 64; best epoch on validation accuracy; test evaluated once at that epoch.
+
+  baseline       plain CNN
+  +dropout       dropout 0.25 after each pooling, 0.5 before the classifier
+  +batchnorm     + BatchNorm after every conv / fc1 (before ReLU)
+  +augmentation  + random crop (pad 4) and horizontal flip, on device
+
+    python -m tl_jax.main --config configs/seed003_cifar100_regularization.py \
+        --workdir workdirs/seed003_cifar100
+
+CPU shortening (2 shared cores): `train.num_epochs` epochs (see results/seed003/README.md for the
+value used and the numbers it produced), one seed per method.
+"""
+
+import ml_collections
+
+from tl_jax.config import base_config
+import tl_jax.scenarios  # noqa: F401  (registers 'seed003_cnn')
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = base_config()
+  c.name = "seed003_cifar100"
+  c.data.source = "npz"
+  c.data.train = "shared://data/cifar100/train.npz"
+  c.data.val = "shared://data/cifar100/val.npz"
+  c.data.test = "shared://data/cifar100/test.npz"
+  c.input.augment = "none"
+  c.input.normalize = "zero_one"
+  c.model.name = "seed003_cnn"
+  c.model.kwargs = ml_collections.ConfigDict({"dropout": 0.0, "batch_norm": False})
+  c.optimizer.name = "adam"
+  c.optimizer.lr = 1e-3
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.schedule = "constant"
+  c.train.num_epochs = 12
+  c.train.batch_size = 64
+  c.train.eval_batch_size = 500
+  c.train.checkpoint_every = 0
+  c.train.progress = False
+  c.transfer.strategy = "scratch"
+
+  c.compare = ml_collections.ConfigDict()
+  c.compare.source = ml_collections.ConfigDict()
+  m = lambda dropout, bn, aug: {  # noqa: E731
+      "model": {"kwargs": {"dropout": dropout, "batch_norm": bn}},
+      "input": {"augment": aug}}
+  c.compare.methods = ml_collections.ConfigDict({
+      "baseline": m(0.0, False, "none"),
+      "+dropout": m(0.25, False, "none"),
+      "+batchnorm": m(0.25, True, "none"),
+      "+augmentation": m(0.25, True, "crop_flip"),
+  })
+  c.compare.order = ("baseline", "+dropout", "+batchnorm", "+augmentation")
+  c.compare.seeds = (0,)
+  c.compare.reference = "baseline"
+  return c
