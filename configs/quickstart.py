@@ -49,15 +49,27 @@ def get_config() -> ml_collections.ConfigDict:
                "val_per_class": 20},
       "train": {"batch_size": 64, "num_epochs": 15}})
   strat = lambda s, **kw: {"transfer": {"strategy": s}, **kw}  # noqa: E731
+  sgd = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4,
+         "decay_type": "coupled"}
+  kt = {"source_model": "lenet5", "source_num_classes": 5, "source_kind": "tl_jax",
+        "source_weights": "",  # = the comparison's source run
+        "source_kwargs": {"variant": "modern"},
+        "pairs": "block1-block1,block2-block2,block1-block2,block2-block1"}
   c.compare.methods = ml_collections.ConfigDict({
       "scratch": strat("scratch"),
       "frozen_backbone": strat("frozen_backbone"),
       "fine_tune": strat("fine_tune"),
       "full_fine_tune": strat("full_fine_tune"),
       "feature_extraction": strat("feature_extraction", model={"head": "dense256"}),
+      # Knowledge transfer from the digits-0-4 LeNet (tl_jax.kt): momentum SGD as in L2T-ww, so
+      # they are compared with scratch trained by the same optimiser.
+      "scratch_sgd": strat("scratch", optimizer=sgd),
+      "l2t_ww": {"kt": dict(kt, method="l2t_ww"), "optimizer": sgd},
+      "l2t_www": {"kt": dict(kt, method="l2t_www"), "optimizer": sgd},
   })
   c.compare.order = ("scratch", "frozen_backbone", "fine_tune", "full_fine_tune",
-                     "feature_extraction")
+                     "feature_extraction", "scratch_sgd", "l2t_ww", "l2t_www")
   c.compare.seeds = (0, 1, 2)
+  c.compare.vmap_seeds = True  # single-stage methods: all seeds in one vmapped program
   c.compare.reference = "scratch"
   return c

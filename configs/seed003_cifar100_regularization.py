@@ -1,9 +1,10 @@
 r"""Seed 003, "Laboratório de Otimização": improve a CIFAR-100 CNN with dropout, BatchNorm and
 data augmentation (cumulative, as the lab does: each step keeps the previous ones).
 
-Data: shared/data/cifar100 — train 10,000 (100 per fine class), val 3,000 (30 per class, held out
+Data: shared/data/cifar100 — train 10,000 (100 per fine class; 50 used, see below), val 3,000 (30 per class, held out
 from the official training split), test 916 (the first 916 official test images, 4-15 per class).
-Model: tl_jax.scenarios.cnn.Seed003CNN (conv32-conv32-pool-conv64-conv64-pool-fc512-fc100, ReLU),
+Model: tl_jax.scenarios.cnn.Seed003CNN at half width for the CPU (conv16-conv16-pool-conv32-conv32-
+pool-fc256-fc100, ReLU; `width=32, fc=512` is the full-size lab network),
 Adam lr 1e-3, batch 64; best epoch on validation accuracy; test evaluated once at that epoch.
 
   baseline       plain CNN
@@ -14,8 +15,8 @@ Adam lr 1e-3, batch 64; best epoch on validation accuracy; test evaluated once a
     python -m tl_jax.main --config configs/seed003_cifar100_regularization.py \
         --workdir workdirs/seed003_cifar100
 
-CPU shortening (2 shared cores): `train.num_epochs` epochs (see results/seed003/README.md for the
-value used and the numbers it produced), one seed per method.
+CPU shortening (2 shared cores): 50 training images per class (5,000 of the 10,000), 8 epochs,
+half-width network, one seed per method; numbers in results/seed003/README.md.
 """
 
 import ml_collections
@@ -31,15 +32,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.train = "shared://data/cifar100/train.npz"
   c.data.val = "shared://data/cifar100/val.npz"
   c.data.test = "shared://data/cifar100/test.npz"
+  c.data.n_per_class = 50  # CPU shortening: 50 of the 100 training images per class (5,000)
   c.input.augment = "none"
   c.input.normalize = "zero_one"
   c.model.name = "seed003_cnn"
-  c.model.kwargs = ml_collections.ConfigDict({"dropout": 0.0, "batch_norm": False})
+  c.model.kwargs = ml_collections.ConfigDict({"dropout": 0.0, "batch_norm": False, "width": 16,
+                                            "fc": 256})
   c.optimizer.name = "adam"
   c.optimizer.lr = 1e-3
   c.optimizer.weight_decay = 0.0
   c.optimizer.schedule = "constant"
-  c.train.num_epochs = 12
+  c.train.num_epochs = 8
   c.train.batch_size = 64
   c.train.eval_batch_size = 500
   c.train.checkpoint_every = 0

@@ -109,3 +109,18 @@ def test_comparison_runs_methods_and_resumes(data, tmp_path, capsys):
   mtime = (tmp_path / "runs/scratch/n0/seed0/metrics.jsonl").stat().st_mtime
   compare.run_comparison(cfg, tmp_path)  # finished runs are skipped
   assert (tmp_path / "runs/scratch/n0/seed0/metrics.jsonl").stat().st_mtime == mtime
+
+
+def test_vmapped_seed_cells_equal_one_seed_at_a_time(data, tmp_path):
+  from tl_jax.sweep import cells
+  cfg = tiny_config(data, **{"data.n_per_class": 5, "train.batch_size": 4})
+  assert cells.can_vmap(cfg)
+  both = cells.run_seeds(cfg, [0, 1], [tmp_path / "k2s0", tmp_path / "k2s1"])
+  for k, s in enumerate([0, 1]):
+    one = cells.run_seeds(cfg, [s], [tmp_path / f"k1s{s}"])[0]
+    assert one["test_accuracy"] == pytest.approx(both[k]["test_accuracy"])
+    chex.assert_trees_all_close(tinit.load_variables(tmp_path / f"k1s{s}"),
+                                tinit.load_variables(tmp_path / f"k2s{s}"), atol=1e-5)
+  # different seeds really differ (own draws, own init)
+  a, b = (_flat(tinit.load_variables(tmp_path / f"k2s{s}")) for s in (0, 1))
+  assert not np.allclose(a["params/head/kernel"], b["params/head/kernel"])

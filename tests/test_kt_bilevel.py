@@ -159,6 +159,7 @@ def test_meta_objective_equals_optax_unrolled_lookahead():
   assert abs(float(ours) - float(ce0)) > 1e-4
 
 
+@pytest.mark.slow
 def test_remat_gives_the_same_meta_gradient():
   kt, state, batch = _setup("l2t_ww", pairs="0-2", inner_steps=1)
   kt_r, _, _ = _setup("l2t_ww", pairs="0-2", inner_steps=1, remat=True)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from tl_jax.errors import ConfigError
 from tl_jax.kt import matching
 from tl_jax.kt.meta_nets import MetaNetworks, WHICH_BIAS_INIT, count_meta_params, init_meta_params
-from tl_jax.kt.pairs import PairSpec, all_to_all, feature_shapes, parse_pairs
+from tl_jax.kt.pairs import all_to_all, feature_shapes, parse_pairs
 from tl_jax.kt.resize import interpolation_matrix
 
 SRC_SHAPES = {"a": (8, 8, 4), "b": (4, 4, 6)}

@@ -18,6 +18,7 @@ import numpy as np
 
 from tl_jax import experiment
 from tl_jax.errors import ConfigError
+from tl_jax.sweep import cells
 from tl_jax.train import jsonl
 
 
@@ -43,7 +44,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Any) -> ml_col
       if p not in node:
         raise ConfigError(f"override {key}", value, sorted(node.keys()))
       node = node[p]
-    if parts[-1] not in node:
+    open_dict = len(parts) > 1 and parts[-2].endswith("kwargs")  # model/head/source kwargs
+    if parts[-1] not in node and not open_dict:
       raise ConfigError(f"override {key}", value, sorted(node.keys()))
     node[parts[-1]] = tuple(value) if isinstance(value, list) else value
   return out
@@ -74,19 +76,28 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str | os.PathLike
   for method in order:
     if method not in c.methods:
       raise ConfigError("compare.order", method, sorted(c.methods.keys()))
+    cfgs, dirs = [], []
     for seed in c.seeds:
       cfg = apply_overrides(base, c.methods[method])
       cfg.seed = int(seed)
       if source_dir is not None and cfg.transfer.strategy != "scratch" and \
           not cfg.transfer.init_from and cfg.transfer.init_kind == "tl_jax":
         cfg.transfer.init_from = str(source_dir)
+      if source_dir is not None and cfg.kt.method != "none" and cfg.kt.source_kind == "tl_jax" \
+          and not cfg.kt.source_weights:
+        cfg.kt.source_weights = str(source_dir)
       cfg.name = method
-      n = int(cfg.data.n_per_class)
-      run_dir = wd / "runs" / method / f"n{n}" / f"seed{seed}"
+      cfgs.append(cfg)
+      dirs.append(wd / "runs" / method / f"n{int(cfg.data.n_per_class)}" / f"seed{seed}")
+    todo = [i for i, d in enumerate(dirs) if not (d / experiment.SUMMARY_FILE).exists()]
+    if c.get("vmap_seeds") and len(todo) > 1 and cells.can_vmap(cfgs[todo[0]]):
+      print(f"[tl_jax] {method}: {len(todo)} seeds in one vmapped program", flush=True)
+      cells.run_seeds(cfgs[todo[0]], [cfgs[i].seed for i in todo], [dirs[i] for i in todo])
+    for cfg, run_dir in zip(cfgs, dirs):
       s = _run(cfg, run_dir)
       s["method"] = method
       jsonl.write_json_atomic(run_dir / experiment.SUMMARY_FILE, s)
-      print(f"[tl_jax] {method:>20s} seed {seed}: test accuracy {s['test_accuracy']:.4f}",
+      print(f"[tl_jax] {method:>20s} seed {cfg.seed}: test accuracy {s['test_accuracy']:.4f}",
             flush=True)
       summaries.append(s)
   table = summary_table(summaries, reference=c.reference or order[0])

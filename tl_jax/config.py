@@ -87,7 +87,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.kt.method = "none"
   c.kt.source_model = "resnet32"
   c.kt.source_num_classes = 200
-  c.kt.source_weights = "shared://weights/resnet32_tinyimagenet_l2tww.npz"
+  c.kt.source_kwargs = ml_collections.ConfigDict()
+  c.kt.source_weights = "shared://weights/resnet32_tinyimagenet_l2tww.npz"  # or a tl_jax run dir
   c.kt.source_kind = "l2t_resnet32"
   # 15 pairs: the source's 3 stage outputs (ResNet-32 blocks 4, 9, 14) x the target's 5 pre-pool
   # maps (VGG-9), 'm-n' by feature index or name; 'all' pairs every feature with every feature.

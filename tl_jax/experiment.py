@@ -24,7 +24,7 @@ from tl_jax.data import augment, sampling
 from tl_jax.data.sources import load_dataset
 from tl_jax.data.types import DataSplits
 from tl_jax.errors import ConfigError
-from tl_jax.train import jsonl, loop, optim, steps
+from tl_jax.train import jsonl, loop, masks, optim, steps
 from tl_jax.train.state import TrainState
 from tl_jax.transfer import heads, init as tinit, strategies
 
@@ -162,7 +162,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   for i, stage in enumerate(stage_list):
     spe = steps_per_epoch(config, len(splits.train))
     tx = optim.make_optimizer(stage.optimizer, spe, stage.num_epochs, params)
-    logging.info("stage %s: %d epochs", stage.name, stage.num_epochs)
+    names = masks.trainable_names(params, tuple(stage.optimizer.frozen))
+    logging.info("stage %s: %d epochs; trainable %s; frozen %s", stage.name, stage.num_epochs,
+                 names["trainable"], names["frozen"])
     state = TrainState.create(model.apply, params, batch_stats, tx)
     train_step = steps.make_train_step(model, aug, label_smoothing=config.train.label_smoothing,
                                        bn_frozen=stage.bn_frozen)

@@ -39,7 +39,8 @@ def build(config: ml_collections.ConfigDict, num_classes: int, image_shape, rng)
   kcfg = kt_config(config)
   target, _ = experiment.build_model(config, num_classes)
   t_vars, _ = experiment.init_variables(config, target, image_shape, rng)
-  source = models.create_model(config.kt.source_model, int(config.kt.source_num_classes))
+  source = models.create_model(config.kt.source_model, int(config.kt.source_num_classes),
+                               **config.kt.source_kwargs.to_dict())
   s_vars = tinit.load_source(config.kt.source_kind, config.kt.source_weights, backbone=source)
   pairs = parse_pairs(config.kt.pairs, feature_shapes(source, s_vars, image_shape),
                       feature_shapes(target, t_vars, image_shape))

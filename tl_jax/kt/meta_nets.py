@@ -13,6 +13,9 @@ thesis §5.3.
   + softplus, unflattened row-major to a 3x3 matrix and bilinearly resized (half-pixel, no
   antialias) to the pair's map size -> γ_{b,c,i,j} > 0. The C_s per-channel nets are stored as one
   DenseGeneral(C_s -> (C_s, 9)) (identical parameters and outputs: C_s·(9·C_s + 9) numbers).
+  Its input: the thesis describes h's input with the same words as f's and g's ("the source
+  network's activation maps"), and a Dense of C_s inputs only fits the pooled vector, so h reads
+  the pooled S^m like them.
   Init (the thesis is silent): kernel 0 and bias log(e - 1) so that softplus gives γ ≡ 1 exactly;
   then L2T-www starts as L2T-ww and the extra net only moves away from it when the meta-gradient
   says so (mirrors the zero-init of 'what'). γ's gradient is not zero at that point, since the

@@ -1,0 +1,97 @@
+r"""Seed 000 ("Comparação de técnicas de transferência de conhecimento em redes convolucionais"):
+the five scenarios, on cats vs dogs, with one architecture for all of them as in the seed.
+
+  1 scratch            trained from random weights
+  2 tl_cifar10         transfer learning from a same-domain source (the seed: a HAM10000 network;
+                       here: the same network trained on CIFAR-10, which holds cats and dogs):
+                       feature layers copied and frozen, new head trained
+  3 ft_cifar10         fine-tuning from that source: copied, nothing frozen
+  4 tl_imagenet        transfer learning from ImageNet (frozen base, new head)
+  5 ft_imagenet        fine-tuning from ImageNet (nothing frozen)
+
+Seed settings kept: one architecture for every scenario (the seed: ResNet50; here the ImageNet
+network available offline, EfficientNet-Lite0 — no ImageNet ResNet50 weights offline), the
+seed's CustomResNet head (Flatten, Dropout, BN, Dense 512 relu, Dropout, BN, Dense 256 relu, Dense
+classes), AdamW lr 1e-3 for every model, EarlyStopping and ReduceLROnPlateau on the validation
+loss, the seed's ImageDataGenerator augmentation (rotation 45, shifts 0.2, shear 0.15, zoom 0.2,
+h/v flips, brightness 0.8-1.2; `input.augment='keras_seed000'`), frozen layers in inference mode
+(Keras trainable=False), fine-tuning = every layer trainable from the start (the seed's scenarios
+3 and 5). The source network is trained first in `workdir/source` (compare.source) on CIFAR-10
+(all 10 classes) and its feature layers are grafted into scenarios 2 and 3.
+
+Data: shared/data/cats_vs_dogs (train 300 + 300, test 100 + 100); 50 per class carved from
+train for validation (fixed split), 250 per class to train on.
+
+CPU shortening (2 shared cores; results/seed000/README.md): images 32x32 (the CIFAR-10 source's
+resolution; training all of EfficientNet-Lite0 at 96 px costs ~7x more per image on this CPU),
+at most 10 epochs (early stopping patience 3, reduce-LR patience 2) instead of 200; the source
+on 200 CIFAR-10 images per class for 5 epochs instead of 400 epochs; one seed.
+
+    python -m tl_jax.main --config configs/seed000_catsdogs_five_scenarios.py \
+        --workdir workdirs/seed000_catsdogs
+    python -m tl_jax.scenarios.tables --workdir workdirs/seed000_catsdogs   # train/val/test table
+    python -m tl_jax.scenarios.gradcam_panel --workdir workdirs/seed000_catsdogs \
+        --out results/seed000/gradcam_panel.png
+"""
+
+import ml_collections
+
+from tl_jax.config import base_config
+import tl_jax.scenarios  # noqa: F401  (registers 'efficientnet_lite0_cut')
+
+EFFNET_WEIGHTS = "shared://data/efficientnet_lite0_imagenet/weights.npz"
+ALL_FROZEN = 17  # tl_jax.scenarios.efficientnet_cut: stem + 16 blocks + conv_head
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = base_config()
+  c.name = "seed000_catsdogs"
+  c.data.source = "image_folder"
+  c.data.train = "shared://data/cats_vs_dogs/train"
+  c.data.test = "shared://data/cats_vs_dogs/test"
+  c.data.size = (32, 32)
+  c.data.val_per_class = 50
+  c.data.split_seed = 0
+  c.input.augment = "keras_seed000"
+  c.input.normalize = "efficientnet"
+  c.model.name = "efficientnet_lite0_cut"
+  c.model.kwargs = ml_collections.ConfigDict({"frozen_blocks": 0})
+  c.model.head = "custom_resnet"
+  c.optimizer.name = "adamw"
+  c.optimizer.lr = 1e-3
+  c.optimizer.weight_decay = 4e-3  # Keras AdamW default
+  c.optimizer.decay_type = "decoupled"
+  c.optimizer.schedule = "constant"
+  c.train.num_epochs = 10
+  c.train.batch_size = 32
+  c.train.eval_batch_size = 100
+  c.train.monitor = "val_loss"
+  c.train.early_stopping.patience = 3
+  c.train.reduce_lr.patience = 2
+  c.train.reduce_lr.factor = 0.1
+  c.train.checkpoint_every = 0
+  c.train.progress = False
+  c.transfer.strategy = "scratch"
+
+  c.compare = ml_collections.ConfigDict()
+  # The same-domain source: the same network + head trained from scratch on CIFAR-10.
+  c.compare.source = ml_collections.ConfigDict({
+      "data": {"source": "npz", "train": "shared://data/cifar10/train.npz",
+               "test": "shared://data/cifar10/test.npz", "n_per_class": 200,
+               "val_per_class": 20},
+      "train": {"num_epochs": 5, "batch_size": 64, "eval_batch_size": 500}})
+  imagenet = {"init_kind": "efficientnet_lite0", "init_from": EFFNET_WEIGHTS}
+  c.compare.methods = ml_collections.ConfigDict({
+      "1_scratch": {"transfer": {"strategy": "scratch"}},
+      "2_tl_cifar10": {"transfer": {"strategy": "frozen_backbone"},
+                       "model": {"kwargs": {"frozen_blocks": ALL_FROZEN}}},
+      "3_ft_cifar10": {"transfer": {"strategy": "full_fine_tune"}},
+      "4_tl_imagenet": {"transfer": {"strategy": "frozen_backbone", **imagenet},
+                        "model": {"kwargs": {"frozen_blocks": ALL_FROZEN}}},
+      "5_ft_imagenet": {"transfer": {"strategy": "full_fine_tune", **imagenet}},
+  })
+  c.compare.order = ("1_scratch", "2_tl_cifar10", "3_ft_cifar10", "4_tl_imagenet",
+                     "5_ft_imagenet")
+  c.compare.seeds = (0,)
+  c.compare.reference = "1_scratch"
+  return c

@@ -1,0 +1,94 @@
+"""Seed-000-style tables from run summaries: accuracy, macro-F1, loss and macro recall on
+train / val / test for every run of a comparison workdir (and its source run), plus the
+test-split comparison across methods (the seed's Table 7). Copies each run's figures.
+
+    python -m tl_jax.scenarios.tables --workdir workdirs/seed000_catsdogs --out results/seed000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import shutil
+from typing import Any
+
+METRICS = (("accuracy", "Accuracy"), ("macro_f1", "F1 (macro)"), ("loss", "Loss"),
+           ("macro_recall", "Recall (macro)"))
+SPLITS = ("train", "val", "test")
+FIGURES = ("confusion_matrix.png", "curves.png")
+
+
+def find_runs(workdir: str | pathlib.Path) -> list[tuple[str, pathlib.Path, dict[str, Any]]]:
+  """[(label, run dir, summary)]: 'source' first (if any), then runs/<method>/n*/seed* sorted."""
+  wd = pathlib.Path(workdir)
+  out = []
+  src = wd / "source" / "summary.json"
+  if src.exists():
+    out.append(("source", src.parent, json.loads(src.read_text())))
+  for f in sorted(wd.glob("runs/*/n*/seed*/summary.json")):
+    method, seed = f.parts[-4], f.parts[-2]
+    out.append((f"{method} ({seed})", f.parent, json.loads(f.read_text())))
+  return out
+
+
+def split_table(summary: dict[str, Any]) -> str:
+  """One run: metric rows x train/val/test columns (the seed's Tables 1-6)."""
+  lines = ["| metric | train | val | test |", "|---|---:|---:|---:|"]
+  for key, label in METRICS:
+    cells = []
+    for s in SPLITS:
+      v = summary.get(f"{s}_{key}")
+      cells.append("—" if v is None else f"{v:.4f}")
+    lines.append(f"| {label} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def comparison_table(runs: list[tuple[str, pathlib.Path, dict[str, Any]]],
+                     split: str = "test") -> str:
+  """Metric rows x method columns on one split (the seed's Table 7)."""
+  runs = [r for r in runs if r[0] != "source"]
+  head = "| metric | " + " | ".join(r[0] for r in runs) + " |"
+  lines = [head, "|---|" + "---:|" * len(runs)]
+  for key, label in METRICS:
+    lines.append(f"| {label} | " + " | ".join(f"{r[2].get(f'{split}_{key}', float('nan')):.4f}"
+                                             for r in runs) + " |")
+  lines.append("| epochs run (best) | " + " | ".join(
+      f"{r[2].get('epochs_run')} ({r[2].get('best_epoch')})" for r in runs) + " |")
+  lines.append("| wall time (s) | " + " | ".join(f"{r[2].get('wall_s', 0):.0f}" for r in runs)
+               + " |")
+  return "\n".join(lines)
+
+
+def write(workdir: str | pathlib.Path, out: str | pathlib.Path | None = None) -> str:
+  runs = find_runs(workdir)
+  if not runs:
+    raise SystemExit(f"no summary.json under {workdir}")
+  parts = ["## Test split, all runs", "", comparison_table(runs), ""]
+  for label, run_dir, s in runs:
+    parts += [f"## {label}", "", f"strategy `{s.get('strategy')}`, model `{s.get('model')}`, "
+              f"train size {s.get('train_size')}, epochs run {s.get('epochs_run')}, best epoch "
+              f"{s.get('best_epoch')}, {s.get('wall_s', 0):.0f} s", "", split_table(s), ""]
+  text = "\n".join(parts)
+  if out is not None:
+    o = pathlib.Path(out)
+    o.mkdir(parents=True, exist_ok=True)
+    (o / "tables.md").write_text(text)
+    for label, run_dir, _ in runs:
+      stem = label.split(" ")[0]
+      for fig in FIGURES:
+        if (run_dir / fig).exists():
+          shutil.copyfile(run_dir / fig, o / f"{stem}_{fig}")
+  return text
+
+
+def main(argv=None) -> None:
+  ap = argparse.ArgumentParser(description=__doc__)
+  ap.add_argument("--workdir", required=True)
+  ap.add_argument("--out", default=None, help="folder for tables.md and the runs' figures")
+  a = ap.parse_args(argv)
+  print(write(a.workdir, a.out))
+
+
+if __name__ == "__main__":
+  main()
