@@ -59,8 +59,10 @@ def resize_sources(pairs: Sequence[PairSpec], source_feats: Mapping[str, jax.Arr
 
 
 def pooled_sources(source_feats: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-  """Global average pool of each source map (the meta-networks' input), no gradient."""
-  return {k: jnp.mean(jax.lax.stop_gradient(v), axis=(1, 2)) for k, v in source_feats.items()}
+  """Global average pool of each source map (the meta-networks' input), no gradient. Vector
+  features (e.g. LeNet's fc1) are never paired (parse_pairs needs maps) and are skipped."""
+  return {k: jnp.mean(jax.lax.stop_gradient(v), axis=(1, 2)) for k, v in source_feats.items()
+          if v.ndim == 4}
 
 
 def squared_differences(pairs: Sequence[PairSpec], regressor_params: Any,
