@@ -135,4 +135,4 @@ def test_seed004_gtsrb_runs_one_epoch_and_tables(tmp_path, monkeypatch):
   text = tables.write(tmp_path / "wd", tmp_path / "res")
   assert f"{s['test_accuracy']:.4f}" in text and f"{s['val_macro_f1']:.4f}" in text
   assert (tmp_path / "res" / "tables.md").is_file()
-  assert (tmp_path / "res" / "lenet5_20ep_confusion_matrix.png").is_file()
+  assert (tmp_path / "res" / "lenet5_20ep_seed0_confusion_matrix.png").is_file()

@@ -60,7 +60,10 @@ def comparison_table(runs: list[tuple[str, pathlib.Path, dict[str, Any]]],
   return "\n".join(lines)
 
 
-def write(workdir: str | pathlib.Path, out: str | pathlib.Path | None = None) -> str:
+def write(workdir: str | pathlib.Path, out: str | pathlib.Path | None = None,
+          all_seeds: bool = False) -> str:
+  """Writes `out`/tables.md and copies figures (of the source and of seed-0 runs unless
+  `all_seeds`); returns the Markdown."""
   runs = find_runs(workdir)
   if not runs:
     raise SystemExit(f"no summary.json under {workdir}")
@@ -75,7 +78,9 @@ def write(workdir: str | pathlib.Path, out: str | pathlib.Path | None = None) ->
     o.mkdir(parents=True, exist_ok=True)
     (o / "tables.md").write_text(text)
     for label, run_dir, _ in runs:
-      stem = label.split(" ")[0]
+      if not (all_seeds or label == "source" or label.endswith("(seed0)")):
+        continue
+      stem = label.replace(" (", "_").rstrip(")")  # 'method_seed0' or 'source'
       for fig in FIGURES:
         if (run_dir / fig).exists():
           shutil.copyfile(run_dir / fig, o / f"{stem}_{fig}")
@@ -86,8 +91,9 @@ def main(argv=None) -> None:
   ap = argparse.ArgumentParser(description=__doc__)
   ap.add_argument("--workdir", required=True)
   ap.add_argument("--out", default=None, help="folder for tables.md and the runs' figures")
+  ap.add_argument("--all-seeds", action="store_true", help="copy the figures of every seed")
   a = ap.parse_args(argv)
-  print(write(a.workdir, a.out))
+  print(write(a.workdir, a.out, a.all_seeds))
 
 
 if __name__ == "__main__":
