@@ -20,9 +20,14 @@ FIGURES = ("confusion_matrix.png", "curves.png")
 
 
 def find_runs(workdir: str | pathlib.Path) -> list[tuple[str, pathlib.Path, dict[str, Any]]]:
-  """[(label, run dir, summary)]: 'source' first (if any), then runs/<method>/n*/seed* sorted."""
+  """[(label, run dir, summary)]: a single run's own summary, else 'source' first (if any), then
+  runs/<method>/n*/seed* sorted."""
   wd = pathlib.Path(workdir)
   out = []
+  single = wd / "summary.json"  # a single run (no compare section)
+  if single.exists():
+    s = json.loads(single.read_text())
+    out.append((f"{s.get('name', 'run')} (seed{s.get('seed', 0)})", wd, s))
   src = wd / "source" / "summary.json"
   if src.exists():
     out.append(("source", src.parent, json.loads(src.read_text())))
