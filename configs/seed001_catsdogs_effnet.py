@@ -19,7 +19,7 @@ Data: shared/data/cats_vs_dogs (train 300 + 300, test 100 + 100); 50 per class c
 for validation (fixed split), 250 per class to train on.
 
 CPU shortening (2 shared cores; results/seed001/README.md): images 96x96 instead of 150x150 /
-224x224, epochs 30 (feature extraction) / 8 (frozen) / 3 + 6 (fine-tune) instead of 30/100/100,
+224x224, epochs 30 (feature extraction) / 4 (frozen) / 2 + 3 (fine-tune) instead of 30/100/100,
 one seed. The frozen part of the base is cut out of backpropagation
 (tl_jax.scenarios.efficientnet_cut), which gives the same updates at a fraction of the cost.
 
@@ -55,7 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.lr = 1e-4
   c.optimizer.weight_decay = 0.0
   c.optimizer.schedule = "constant"
-  c.train.num_epochs = 8
+  c.train.num_epochs = 4
   c.train.batch_size = 20
   c.train.eval_batch_size = 100
   c.train.checkpoint_every = 0
@@ -72,10 +72,10 @@ def get_config() -> ml_collections.ConfigDict:
                              "train": {"num_epochs": 30}},
       "frozen_backbone": {"transfer": {"strategy": "frozen_backbone"},
                           "input": {"augment": "keras_seed000", "augment_kwargs": CHOLLET_AUG}},
-      "fine_tune": {"transfer": {"strategy": "fine_tune", "warmup_epochs": 3,
+      "fine_tune": {"transfer": {"strategy": "fine_tune", "warmup_epochs": 2,
                                  "unfreeze": (TOP_BLOCK,), "finetune_lr": 1e-5},
                     "model": {"kwargs": {"frozen_blocks": 11}},
-                    "train": {"num_epochs": 6},
+                    "train": {"num_epochs": 3},
                     "input": {"augment": "keras_seed000", "augment_kwargs": CHOLLET_AUG}},
   })
   c.compare.order = ("feature_extraction", "frozen_backbone", "fine_tune")

@@ -1,6 +1,7 @@
 """UFM / L2T-ww / L2T-www through train_and_evaluate on tiny data and tiny models."""
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -44,3 +45,19 @@ def test_kt_bad_pair_and_optimizer(setup, tmp_path):
   with pytest.raises(ConfigError, match="optimizer.name"):
     experiment.train_and_evaluate(
         _kt_config(data, src, "l2t_ww", **{"optimizer.name": "adam"}), tmp_path)
+
+
+def test_traces_record_gamma_and_plot(setup, tmp_path):
+  from tl_jax.analysis import traces
+  data, src = setup
+  root = tmp_path / "sweep"
+  experiment.train_and_evaluate(_kt_config(data, src, "l2t_www", **{"train.num_epochs": 2}),
+                                root / "l2t_www" / "n0" / "seed0")
+  experiment.train_and_evaluate(tiny_config(data, **{"model.kwargs.width": 4}),
+                                root / "scratch" / "n0" / "seed0")
+  rows = traces.read_trace(root / "l2t_www" / "n0" / "seed0")
+  assert [r["epoch"] for r in rows] == [0, 1]
+  g = np.asarray(rows[0]["gamma"]["conv0__conv0"])
+  assert g.shape == (8, 8) and np.all(g > 0)   # softplus weights at the target map size
+  out = traces.plot_traces(root, tmp_path / "fig")
+  assert len(out) == 2 and all(pathlib.Path(p).stat().st_size > 0 for p in out)

@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from tl_jax import models
+from tl_jax.analysis import traces
 from tl_jax.data import augment, sampling
 from tl_jax.data.sources import load_dataset
 from tl_jax.data.types import DataSplits
@@ -174,7 +175,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                            _fit_cfg(config, stage.num_epochs, stage.optimizer.lr), stage_dir,
                            jax.random.fold_in(train_rng, i),
                            lr_fn=optim.make_lr_fn(stage.optimizer, spe, stage.num_epochs),
-                           num_classes=num_classes)
+                           num_classes=num_classes, on_epoch_end=traces.TraceRecorder(stage_dir))
     offset = len(history)
     history += [dict(h, stage=stage.name, stage_epoch=h["epoch"], epoch=offset + h["epoch"])
                 for h in hist]

@@ -15,6 +15,7 @@ import jax
 import ml_collections
 
 from tl_jax import experiment, models
+from tl_jax.analysis import traces
 from tl_jax.data import augment
 from tl_jax.errors import ConfigError, check_choice
 from tl_jax.kt.bilevel import METHODS, KnowledgeTransfer, KTConfig
@@ -56,7 +57,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   if config.input.resize:
     image_shape = tuple(config.input.resize) + image_shape[-1:]
   rng = jax.random.key(int(config.seed))
-  init_rng, kt_rng, train_rng = jax.random.split(rng, 3)
+  init_rng, train_rng = jax.random.split(rng)  # as tl_jax.experiment: same seed, same init
+  kt_rng = jax.random.fold_in(train_rng, 1)
   kcfg, target, t_vars, source, s_vars, pairs = build(config, splits.num_classes, image_shape,
                                                       init_rng)
   config = ml_collections.ConfigDict(config.to_dict())
@@ -72,7 +74,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   if fit_cfg["reduce_lr"]["patience"] is not None:
     raise ConfigError("train.reduce_lr.patience", config.train.reduce_lr.patience,
                       hint="not supported with kt methods (the LR follows optimizer.schedule)")
+  pre = augment.make_preprocess(config.input)
+  recorder = traces.TraceRecorder(wd, kt, pre(splits.val.images[:16]))
   state, history = loop.fit(state, kt.l2t_iteration, eval_step, splits.train, splits.val, fit_cfg,
-                            wd, train_rng, num_classes=splits.num_classes,
+                            wd, train_rng, num_classes=splits.num_classes, on_epoch_end=recorder,
                             lr_fn=lambda step, scale=1.0: float(schedule(step)) * scale)
   return experiment.finish(config, wd, target, state, eval_step, splits, history, [], t0)

@@ -150,6 +150,7 @@ def _check_finite(step_metrics: list[dict[str, Any]], start: int, epoch: int,
 def fit(state: Any, train_step: Callable[..., Any], eval_step: Optional[Callable[..., Any]],
         train_ds: Any, val_ds: Any, cfg: Any, workdir: Optional[str | os.PathLike],
         rng: jax.Array, *, get_eval_state: Optional[Callable[[Any], Any]] = None,
+        on_epoch_end: Optional[Callable[[Any, dict[str, Any]], None]] = None,
         lr_fn: Optional[Callable[[int, float], float]] = None,
         num_classes: Optional[int] = None) -> tuple[Any, list[dict[str, Any]]]:
   """Trains for cfg.num_epochs; returns (best-on-validation state, per-epoch history).
@@ -277,6 +278,8 @@ def fit(state: Any, train_step: Callable[..., Any], eval_step: Optional[Callable
       history.append(record)
       if metrics_path:
         jsonl.append_jsonl(metrics_path, record)
+      if on_epoch_end is not None:  # e.g. tl_jax.analysis.traces (weights / gamma over training)
+        on_epoch_end(state, record)
       logging.info("epoch %d: %s", epoch, {k: v for k, v in record.items() if k != "epoch"})
       last = stopped or epoch == num_epochs - 1
       if ckpt is not None and ((epoch + 1) % ckpt_every == 0 or last):
