@@ -58,8 +58,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.input.augment = "keras_seed000"
   c.input.normalize = "efficientnet"
   c.model.name = "efficientnet_lite0_cut"
-  c.model.kwargs = ml_collections.ConfigDict({"frozen_blocks": 0})
+  # BatchNorm momentum 0.9 (PyTorch's 0.1) instead of Keras's 0.99: with a few hundred steps,
+  # 0.99 leaves the running statistics near their initial values (eval at chance level).
+  c.model.kwargs = ml_collections.ConfigDict({"frozen_blocks": 0, "bn_momentum": 0.9})
   c.model.head = "custom_resnet"
+  c.model.head_kwargs = ml_collections.ConfigDict({"bn_momentum": 0.9})
   c.optimizer.name = "adamw"
   c.optimizer.lr = 1e-3
   c.optimizer.weight_decay = 4e-3  # Keras AdamW default

@@ -42,15 +42,15 @@ if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 
 # key -> (tl_jax model name, kwargs, num_classes, (H, W, C), batch, timed steps per block)
-SPECS = {
+SPECS = {  # small inputs first, then the 224x224 models from cheapest to dearest
     "lenet5": ("lenet5", {}, 10, (32, 32, 1), 128, 5),
     "alexnet_small": ("alexnet", {"variant": "small"}, 10, (32, 32, 3), 128, 5),
-    "alexnet_imagenet": ("alexnet", {"variant": "imagenet"}, 1000, (224, 224, 3), 16, 5),
     "vgg9": ("vgg9", {}, 100, (32, 32, 3), 64, 5),
-    "vgg16": ("vgg16", {}, 1000, (224, 224, 3), 8, 5),
     "resnet32": ("resnet32", {}, 200, (32, 32, 3), 128, 5),
+    "alexnet_imagenet": ("alexnet", {"variant": "imagenet"}, 1000, (224, 224, 3), 16, 5),
     "resnet50": ("resnet50", {}, 1000, (224, 224, 3), 8, 5),
     "efficientnet_lite0": ("efficientnet_lite0", {}, 1000, (224, 224, 3), 16, 5),
+    "vgg16": ("vgg16", {}, 1000, (224, 224, 3), 8, 5),
 }
 # name -> (XLA_FLAGS, JAX compute dtype, tl_jax im2col for tiny maps, PyTorch mode, what it tests)
 VARIANTS = {
@@ -190,6 +190,10 @@ def run_worker(args) -> None:
   bar = tqdm(total=len(keys) * args.repeats, desc=f"[{args.variant}]", file=sys.stderr,
              dynamic_ncols=True)
   for key in keys:
+    if args.stop_at and time.time() > args.stop_at:
+      errors.append({"model": key, "variant": args.variant, "error": "skipped: time budget"})
+      bar.update(args.repeats)
+      continue
     _, _, _, shape, batch, steps = SPECS[key]
     batch, steps = args.batch or batch, args.steps or steps
     bar.set_postfix_str(key)
@@ -330,9 +334,13 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--out", default=str(ROOT / "results" / "benchmarks"))
   p.add_argument("--timeout", type=float, default=1800, help="seconds per variant subprocess")
   p.add_argument("--max-minutes", type=float, default=0,
-                 help="start no new variant after this many minutes (0: no limit)")
+                 help="start no new model after this many minutes (0: no limit); jobs run "
+                 "small-input defaults, the variants, the 224x224 defaults (see --large-after)")
   p.add_argument("--variant", help=argparse.SUPPRESS)      # worker mode
   p.add_argument("--worker-out", help=argparse.SUPPRESS)
+  p.add_argument("--large-after", type=int, default=-1,
+                 help="run the 224x224 defaults after this many variants (-1: after all)")
+  p.add_argument("--stop-at", type=float, default=0, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args.worker_out:
     return run_worker(args)
@@ -371,23 +379,37 @@ def main(argv: list[str] | None = None) -> None:
                                                    indent=1) + "\n")
     _atomic_write(out / f"{slug}.md", _markdown(meta, records, errors) + "\n")
 
+  # Jobs (variant, models): under a time budget the cheap comparisons come first.
+  small = [m for m in args.models.split(",") if SPECS[m][3][0] <= 64]
+  large = [m for m in args.models.split(",") if m not in small]
+  others = [(v, (args.variant_models or VARIANT_MODELS.get(v, DEFAULT_VARIANT_MODELS)).split(","))
+            for v in variants if v != "default"]
+  cut = len(others) if args.large_after < 0 else args.large_after
+  jobs = ([("default", small)] * bool(small) + others[:cut] + [("default", large)] * bool(large)
+          + others[cut:])
+  if "default" not in variants:
+    jobs = [j for j in jobs if j[0] != "default"]
+  stop_at = t0 + 60 * args.max_minutes if args.max_minutes else 0
   with tempfile.TemporaryDirectory() as tmp:
-    for v in tqdm(variants, desc="variants", file=sys.stderr, dynamic_ncols=True):
-      if args.max_minutes and time.time() - t0 > 60 * args.max_minutes:
-        errors.append({"model": "-", "variant": v, "error": "skipped: --max-minutes reached"})
+    for i, (v, models) in enumerate(tqdm(jobs, desc="jobs", file=sys.stderr, dynamic_ncols=True)):
+      models = ",".join(models)
+      if stop_at and time.time() > stop_at:
+        errors.append({"model": models, "variant": v, "error": "skipped: --max-minutes reached"})
+        save()
         continue
-      models = (args.models if v == "default" else
-                args.variant_models or VARIANT_MODELS.get(v, DEFAULT_VARIANT_MODELS))
-      wout = Path(tmp) / f"{v}.json"
+      wout = Path(tmp) / f"{i}_{v}.json"
       cmd = [sys.executable, os.path.abspath(__file__), "--variant", v, "--worker-out", str(wout),
              "--models", models, "--batch", str(args.batch), "--steps", str(args.steps),
              "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-             "--frameworks", args.frameworks]
+             "--frameworks", args.frameworks, "--stop-at", str(stop_at)]
       env = dict(os.environ, XLA_FLAGS=VARIANTS[v][0],
                  PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+      # Past the budget a started model gets 5 more minutes; the worker saves after each model.
+      timeout = min(args.timeout, max(60.0, stop_at + 300 - time.time())) if stop_at else (
+          args.timeout)
       try:
         proc = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True,
-                              timeout=args.timeout)
+                              timeout=timeout)
         rc = proc.returncode
       except subprocess.TimeoutExpired:
         rc = "timeout"

@@ -136,3 +136,18 @@ def test_seed004_gtsrb_runs_one_epoch_and_tables(tmp_path, monkeypatch):
   assert f"{s['test_accuracy']:.4f}" in text and f"{s['val_macro_f1']:.4f}" in text
   assert (tmp_path / "res" / "tables.md").is_file()
   assert (tmp_path / "res" / "lenet5_20ep_seed0_confusion_matrix.png").is_file()
+
+
+def test_cut_model_bn_momentum_sets_running_average_rate():
+  x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3)) + 2.0
+  m = EfficientNetLite0Cut(num_classes=3, blocks=SMALL, stem_features=8, head_features=16,
+                           bn_momentum=0.9)
+  v = m.init(jax.random.key(1), x)
+  _, upd = m.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(2)})
+  stem = m.apply(v, x, capture_intermediates=lambda mdl, _: mdl.name == "conv_stem",
+                 mutable=["intermediates"])[1]["intermediates"]["conv_stem"]["__call__"][0]
+  expected = 0.9 * v["batch_stats"]["bn0"]["mean"] + 0.1 * stem.mean(axis=(0, 1, 2))
+  chex.assert_trees_all_close(upd["batch_stats"]["bn0"]["mean"], expected, rtol=1e-5, atol=1e-6)
+  # the same path in a block and in the head conv
+  assert not np.allclose(upd["batch_stats"]["blocks_1"]["bn0"]["mean"],
+                         v["batch_stats"]["blocks_1"]["bn0"]["mean"])

@@ -8,9 +8,12 @@ runs (summary.json present) are skipped, so an interrupted comparison resumes wh
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import pathlib
+import sys
+import time
 from typing import Any
 
 import ml_collections
@@ -62,6 +65,7 @@ def _run(cfg, wd: pathlib.Path) -> dict[str, Any]:
 def run_comparison(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   """Runs the source (if any) and every method x seed; returns {'table': ..., 'runs': [...]}."""
   wd = experiment.check_workdir(workdir)
+  t0 = time.time()
   c = config.compare
   base = ml_collections.ConfigDict(config.to_dict())
   del base["compare"]
@@ -101,9 +105,25 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str | os.PathLike
             flush=True)
       summaries.append(s)
   table = summary_table(summaries, reference=c.reference or order[0])
-  jsonl.write_text_atomic(wd / "results.md", table + "\n")
+  jsonl.write_text_atomic(wd / "results.md", provenance(config, time.time() - t0) + table + "\n")
   print(table, flush=True)
   return {"table": table, "runs": summaries}
+
+
+def provenance(config, wall_s: float) -> str:
+  """Where a table came from: command, config name, commit, date, hardware, wall time."""
+  from tl_jax.analysis.report import git_commit, hardware_description
+  cpu = ""
+  try:
+    cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+               if l.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  return (f"Command: `{' '.join(sys.argv)}`  \nConfig: {config.name}; seeds {tuple(config.compare.seeds)}"
+          f"  \nCommit: {git_commit()}  \nDate: "
+          f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}  \n"
+          f"Hardware: {cpu} ({hardware_description()})  \nWall time: {wall_s:.0f} s; "
+          f"1-min load average at the end: {os.getloadavg()[0]:.2f}\n\n")
 
 
 def summary_table(summaries: list[dict[str, Any]], reference: str) -> str:

@@ -15,6 +15,8 @@ Use it together with the strategy's freeze rules (which keep the frozen paramete
 `frozen_blocks`: 0 = nothing cut (plain EfficientNet-Lite0); k in 1..16 = stem + MBConv blocks
 0..k-1 frozen; 17 = the whole backbone (stem, 16 blocks, conv_head) frozen.
 Seed 001's "top block" = blocks 11-15 (the 192- and 320-channel stages) + conv_head: 11.
+`bn_momentum`: running-average momentum of every BatchNorm (default 0.99, TF/Keras; 0.9 =
+PyTorch's 0.1, which lets short CPU runs from scratch reach usable running statistics).
 """
 
 from __future__ import annotations
@@ -30,8 +32,34 @@ from tl_jax.models.layers import Conv, batch_norm
 ALL_FROZEN = 17
 
 
+class _MBConv(MBConv):
+  """MBConv with a configurable BatchNorm momentum (same parameter names)."""
+  bn_momentum: float = BN["momentum"]
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    bn = dict(BN, momentum=self.bn_momentum)
+    cin = x.shape[-1]
+    y = x
+    if self.expand != 1:
+      y = Conv(cin * self.expand, (1, 1), use_bias=False, kernel_init=_conv_init,
+               name="expand_conv")(y)
+      y = nn.relu6(batch_norm(train, "bn0", **bn)(y))
+    ch = y.shape[-1]
+    y = Conv(ch, (self.kernel, self.kernel), (self.stride, self.stride), padding="SAME",
+             use_bias=False, feature_group_count=ch, kernel_init=_conv_init,
+             name="depthwise_conv")(y)
+    y = nn.relu6(batch_norm(train, "bn1", **bn)(y))
+    y = Conv(self.cout, (1, 1), use_bias=False, kernel_init=_conv_init, name="project_conv")(y)
+    y = batch_norm(train, "bn2", **bn)(y)
+    if self.stride == 1 and cin == self.cout:
+      y = y + x
+    return y
+
+
 class EfficientNetLite0Cut(EfficientNetLite0):
   frozen_blocks: int = 0
+  bn_momentum: float = BN["momentum"]
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False):
@@ -49,11 +77,13 @@ class EfficientNetLite0Cut(EfficientNetLite0):
 
     x = Conv(self.stem_features, (3, 3), (2, 2), padding="SAME", use_bias=False,
              kernel_init=_conv_init, name="conv_stem")(x)
-    x = nn.relu6(batch_norm(part_train(-1), "bn0", **BN)(x))
+    bn = dict(BN, momentum=self.bn_momentum)
+    x = nn.relu6(batch_norm(part_train(-1), "bn0", **bn)(x))
     feats["stage0"] = x
     stage = 0
     for i, (ks, s, e, _, cout) in enumerate(self.blocks):
-      x = MBConv(ks, s, e, cout, name=f"blocks_{i}")(x, part_train(i))
+      x = _MBConv(ks, s, e, cout, bn_momentum=self.bn_momentum, name=f"blocks_{i}")(
+          x, part_train(i))
       x = cut_after(i, x)
       last_of_group = i + 1 == n_blocks or self.blocks[i + 1][4] != cout
       if last_of_group:
@@ -61,7 +91,7 @@ class EfficientNetLite0Cut(EfficientNetLite0):
         feats[f"stage{stage}"] = x
     x = Conv(self.head_features, (1, 1), use_bias=False, kernel_init=_conv_init,
              name="conv_head")(x)
-    x = nn.relu6(batch_norm(part_train(n_blocks), "bn1", **BN)(x))
+    x = nn.relu6(batch_norm(part_train(n_blocks), "bn1", **bn)(x))
     x = cut_after(n_blocks, x)
     feats[f"stage{stage + 1}"] = x
     x = jnp.mean(x, axis=(1, 2))

@@ -36,11 +36,12 @@ class CustomResNetHead(nn.Module):
   Dropout, BN, Dense 256 relu, Dense num_classes (softmax lives in the loss)."""
   num_classes: int
   dropout: float = 0.5
+  bn_momentum: float = 0.99  # Keras default; 0.9 for short runs (few hundred steps)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3,  # noqa: E731
-                                   name=name)
+    bn = lambda name: nn.BatchNorm(use_running_average=not train,  # noqa: E731
+                                   momentum=self.bn_momentum, epsilon=1e-3, name=name)
     x = x.reshape((x.shape[0], -1))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = bn("bn1")(x)
