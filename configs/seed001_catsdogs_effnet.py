@@ -24,6 +24,10 @@ one seed. The frozen part of the base is cut out of backpropagation
 (tl_jax.scenarios.efficientnet_cut), which gives the same updates at a fraction of the cost.
 
     python -m tl_jax.main --config configs/seed001_catsdogs_effnet.py --workdir workdirs/seed001
+
+Numbers it produced (results/seed001/README.md; 2-core shared CPU; seed 0), test accuracy /
+macro-F1 / loss: feature_extraction 0.915 / 0.915 / 0.422; frozen_backbone 0.910 / 0.910 / 0.320;
+fine_tune 0.850 / 0.849 / 0.566; fine_tune_bn_frozen 0.900 / 0.900 / 0.234.
 """
 
 import ml_collections
@@ -77,8 +81,18 @@ def get_config() -> ml_collections.ConfigDict:
                     "model": {"kwargs": {"frozen_blocks": 11}},
                     "train": {"num_epochs": 3},
                     "input": {"augment": "keras_seed000", "augment_kwargs": CHOLLET_AUG}},
+      # as fine_tune, but every BatchNorm (top block included) in inference mode in both stages
+      # (transfer.bn='frozen' runs the whole model with train=False, so the head's dropout is
+      # off too): VGG16 has no BatchNorm, and live BN statistics on batches of 20 hurt above
+      "fine_tune_bn_frozen": {"transfer": {"strategy": "fine_tune", "warmup_epochs": 2,
+                                           "unfreeze": (TOP_BLOCK,), "finetune_lr": 1e-5,
+                                           "bn": "frozen"},
+                              "model": {"kwargs": {"frozen_blocks": 11}},
+                              "train": {"num_epochs": 3},
+                              "input": {"augment": "keras_seed000",
+                                        "augment_kwargs": CHOLLET_AUG}},
   })
-  c.compare.order = ("feature_extraction", "frozen_backbone", "fine_tune")
+  c.compare.order = ("feature_extraction", "frozen_backbone", "fine_tune", "fine_tune_bn_frozen")
   c.compare.seeds = (0,)
   c.compare.reference = "feature_extraction"
   return c

@@ -1,8 +1,9 @@
 r"""Seed 003, "Laboratório de Otimização": improve a CIFAR-100 CNN with dropout, BatchNorm and
 data augmentation (cumulative, as the lab does: each step keeps the previous ones).
 
-Data: shared/data/cifar100 — train 10,000 (100 per fine class; 50 used, see below), val 3,000 (30 per class, held out
-from the official training split), test 916 (the first 916 official test images, 4-15 per class).
+Data: shared/data/cifar100 — train 10,000 (100 per fine class; 50 used, see below), val 3,000
+(30 per class, held out from the official training split), test 916 (the first 916 official test
+images, 4-15 per class).
 Model: tl_jax.scenarios.cnn.Seed003CNN at half width for the CPU (conv16-conv16-pool-conv32-conv32-
 pool-fc256-fc100, ReLU; `width=32, fc=512` is the full-size lab network),
 Adam lr 1e-3, batch 64; best epoch on validation accuracy; test evaluated once at that epoch.
@@ -17,6 +18,10 @@ Adam lr 1e-3, batch 64; best epoch on validation accuracy; test evaluated once a
 
 CPU shortening (2 shared cores): 50 training images per class (5,000 of the 10,000), 8 epochs,
 half-width network, one seed per method; numbers in results/seed003/README.md.
+
+Numbers it produced (2-core shared CPU, 23 min; seed 0; test accuracy / val accuracy):
+baseline 15.94 % / 17.37 %, +dropout 13.43 % / 14.37 %, +batchnorm 21.18 % / 20.47 %,
++augmentation 18.34 % / 18.60 % (all still improving at epoch 8).
 """
 
 import ml_collections

@@ -187,3 +187,29 @@ def test_nonfinite_loss_flagged_and_update_skipped():
   new, m = step(state, _batch(), jax.random.PRNGKey(0))
   assert float(m["nonfinite"]) == 1.0
   chex.assert_trees_all_equal(jax.tree.map(np.asarray, new.params), p0)
+
+
+def test_trainable_mask_drops_frozen_backward_and_keeps_updates():
+  """Zeroed frozen gradients give the same update as the optimiser's own freezing, and XLA no
+  longer computes the frozen part of the backward pass (fewer convolutions in the program)."""
+  from tl_jax import models
+  from tl_jax.train import masks, optim
+  from tl_jax.train.state import TrainState
+  model = models.create_model("tiny_cnn", 3, width=4)
+  x = jnp.zeros((4, 8, 8, 3))
+  v = model.init(jax.random.key(0), x)
+  cfg = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "schedule": "constant",
+         "frozen": (r"^(?!head/)",)}
+  tx = optim.make_optimizer(cfg, 1, 1, v["params"])
+  trainable = jax.tree.map(lambda f: not f, masks.frozen_mask(v["params"], cfg["frozen"]))
+  batch = {"image": (jax.random.uniform(jax.random.key(1), (4, 8, 8, 3)) * 255).astype(jnp.uint8),
+           "label": jnp.array([0, 1, 2, 0])}
+  outs, n_convs = [], []
+  for t in (None, trainable):
+    state = TrainState.create(model.apply, v["params"], v["batch_stats"], tx)
+    step = steps.make_train_step(model, trainable=t, jit=False)
+    hlo = jax.jit(step).lower(state, batch, jax.random.key(2)).as_text()
+    n_convs.append(hlo.count("convolution("))
+    outs.append(jax.jit(step)(state, batch, jax.random.key(2))[0].params)
+  chex.assert_trees_all_close(outs[0], outs[1])
+  assert n_convs[1] < n_convs[0]

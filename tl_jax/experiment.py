@@ -167,8 +167,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     logging.info("stage %s: %d epochs; trainable %s; frozen %s", stage.name, stage.num_epochs,
                  names["trainable"], names["frozen"])
     state = TrainState.create(model.apply, params, batch_stats, tx)
+    frozen = masks.frozen_mask(params, tuple(stage.optimizer.frozen))
     train_step = steps.make_train_step(model, aug, label_smoothing=config.train.label_smoothing,
-                                       bn_frozen=stage.bn_frozen)
+                                       bn_frozen=stage.bn_frozen,
+                                       trainable=jax.tree.map(lambda f: not f, frozen))
     stage_dir = wd if len(stage_list) == 1 else wd / f"stage{i}_{stage.name}"
     stage_dir.mkdir(exist_ok=True)
     state, hist = loop.fit(state, train_step, eval_step, splits.train, splits.val,

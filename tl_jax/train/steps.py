@@ -47,7 +47,7 @@ def make_train_step(model: Any, preprocess_train: Optional[Callable[[jax.Array, 
                     loss_fn: Optional[LossFn] = None,
                     extra_loss: Optional[Callable[[Any, dict[str, Any]], jax.Array]] = None,
                     *, label_smoothing: float = 0.0, bn_frozen: bool = False,
-                    jit: bool = True) -> Callable[..., tuple[Any, dict[str, jax.Array]]]:
+                    trainable: Any = None, jit: bool = True) -> Callable[..., tuple[Any, dict[str, jax.Array]]]:
   """Returns `train_step(state, batch, key) -> (state, metrics)`, jitted with the state donated.
 
   - `preprocess_train(key, uint8 images) -> float32 images` runs inside the step (augmentation on
@@ -58,6 +58,9 @@ def make_train_step(model: Any, preprocess_train: Optional[Callable[[jax.Array, 
     images, mask} (for L2-SP, feature matching, ...).
   - `bn_frozen=True` calls the model with `train=False` (BatchNorm uses and keeps its running
     statistics; note this also turns dropout off).
+  - `trainable`: a bool tree like the params (False = frozen). Frozen gradients are replaced by
+    zeros before anything reads them, so XLA drops the backward pass below the lowest trainable
+    layer (a frozen backbone then costs a forward pass, not a full backward).
   - Metrics: loss (total), ce_loss, accuracy, count, grad_norm, nonfinite (1.0 if the loss or
     gradients are NaN/inf; the update is then skipped so the state stays finite and the loop can
     raise `NonFiniteLossError`).
@@ -97,6 +100,8 @@ def make_train_step(model: Any, preprocess_train: Optional[Callable[[jax.Array, 
 
     (loss, (ce, logits, new_bs)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
         state.params)
+    if trainable is not None:
+      grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new_state = state.apply_gradients(grads, batch_stats=new_bs)
