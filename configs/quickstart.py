@@ -36,12 +36,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.lr = 1e-3
   c.optimizer.weight_decay = 0.0
   c.optimizer.schedule = "constant"
-  c.train.num_epochs = 40
+  c.train.num_epochs = 30
   c.train.batch_size = 10
   c.train.eval_batch_size = 250
   c.train.checkpoint_every = 0
   c.train.progress = False
-  c.transfer.warmup_epochs = 10
+  c.transfer.warmup_epochs = 8
 
   c.compare = ml_collections.ConfigDict()
   c.compare.source = ml_collections.ConfigDict({
@@ -72,4 +72,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.compare.seeds = (0, 1, 2)
   c.compare.vmap_seeds = True  # single-stage methods: all seeds in one vmapped program
   c.compare.reference = "scratch"
+  c.compare.references = ml_collections.ConfigDict({"l2t_ww": "scratch_sgd",
+                                                     "l2t_www": "scratch_sgd"})
   return c

@@ -104,7 +104,9 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str | os.PathLike
       print(f"[tl_jax] {method:>20s} seed {cfg.seed}: test accuracy {s['test_accuracy']:.4f}",
             flush=True)
       summaries.append(s)
-  table = summary_table(summaries, reference=c.reference or order[0])
+  refs = c.get("references")
+  table = summary_table(summaries, reference=c.reference or order[0],
+                        references=refs.to_dict() if refs else None)
   jsonl.write_text_atomic(wd / "results.md", provenance(config, time.time() - t0) + table + "\n")
   print(table, flush=True)
   return {"table": table, "runs": summaries}
@@ -126,21 +128,26 @@ def provenance(config, wall_s: float) -> str:
           f"1-min load average at the end: {os.getloadavg()[0]:.2f}\n\n")
 
 
-def summary_table(summaries: list[dict[str, Any]], reference: str) -> str:
-  """Markdown: method | n seeds | test accuracy mean ± std | macro-F1 | p vs reference."""
+def summary_table(summaries: list[dict[str, Any]], reference: str,
+                  references: dict[str, str] | None = None) -> str:
+  """Markdown: method | n seeds | test accuracy mean ± std | macro-F1 | two-sided Mann-Whitney
+  p vs the method's reference (`references[method]`, else `reference`)."""
   from tl_jax.analysis import stats
   by: dict[str, list[dict[str, Any]]] = {}
   for s in summaries:
     by.setdefault(s["method"], []).append(s)
-  ref = [s["test_accuracy"] for s in by.get(reference, [])]
-  lines = ["| method | seeds | test accuracy (%) | test macro-F1 (%) | Mann-Whitney p vs "
-           f"{reference} |", "|---|---:|---:|---:|---:|"]
+  references = references or {}
+  lines = ["| method | seeds | test accuracy (%) | test macro-F1 (%) | Mann-Whitney p (vs) |",
+           "|---|---:|---:|---:|---:|"]
   for method, runs in by.items():
+    ref_name = references.get(method, reference)
+    ref = [s["test_accuracy"] for s in by.get(ref_name, [])]
     acc = np.array([r["test_accuracy"] for r in runs]) * 100
     f1 = np.array([r["test_macro_f1"] for r in runs]) * 100
     p = "—"
-    if method != reference and len(ref) > 1 and len(runs) > 1:
+    if method != ref_name and len(ref) > 1 and len(runs) > 1:
       p = stats.format_p(stats.mann_whitney([r["test_accuracy"] for r in runs], ref).pvalue)
+      p += f" ({ref_name})"
     sd = lambda a: a.std(ddof=1) if len(a) > 1 else 0.0  # noqa: E731
     lines.append(f"| {method} | {len(runs)} | {acc.mean():.2f} ± {sd(acc):.2f} | "
                  f"{f1.mean():.2f} ± {sd(f1):.2f} | {p} |")
