@@ -3,10 +3,14 @@ r"""CPU mini-run of the thesis protocol: shows the UFM / L2T-ww / L2T-www machin
 Same as configs/l2t_thesis.py:cifar10 (ResNet-32 Tiny-ImageNet source -> VGG-9, 15 pairs, T=2,
 beta=0.5, SGD cosine per epoch, meta Adam 1e-4) but shortened for a 2-core CPU: 20 epochs of
 batch 50 at LR 0.05 (the thesis: 200 epochs, batch 128, LR 0.1), validation 20/class carved from
-the 500/class pool, 3 seeds, N = 10 (N = 50 is in the grid; it did not fit the session's CPU time).
+the 500/class pool, 3 seeds. N = 10 runs 20 epochs (2 iterations each, 40 in all); `:n50` runs
+N = 50 for 6 epochs (10 iterations each, 60 in all): an L2T iteration costs ~20 plain steps on
+this CPU, so 20 epochs at N = 50 (3 seeds x 2 L2T methods x 200 iterations) did not fit.
 
     python launch/sweep.py --config configs/l2t_cpu_mini.py --workdir workdirs/l2t_cpu_mini
-    python -m tl_jax.analysis.report --runs workdirs/l2t_cpu_mini --out results/l2t_cpu_mini
+    python launch/sweep.py --config configs/l2t_cpu_mini.py:n50 --workdir workdirs/l2t_cpu_mini
+    python -m tl_jax.analysis.report --runs workdirs/l2t_cpu_mini --out results/l2t_cpu_mini \
+        --compare l2t_www,l2t_ww
 
 Numbers: results/l2t_cpu_mini/README.md.
 """
@@ -16,7 +20,10 @@ import ml_collections
 from configs import l2t_thesis
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """'' -> N = 10, 20 epochs; 'n50' -> N = 50, 6 epochs."""
+  if arg not in (None, "", "n10", "n50"):
+    raise ValueError(f"configs/l2t_cpu_mini.py:<arg>: got {arg!r}, allowed: '', 'n10', 'n50'")
   c = l2t_thesis.get_config("cifar10")
   c.name = "l2t_cpu_mini"
   c.data.val_per_class = 20
@@ -26,6 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eval_batch_size = 500
   c.train.checkpoint_every = 5
   c.train.progress = False
-  c.sweep.n_per_class = (10, 50)
+  c.sweep.n_per_class = (10,)
   c.sweep.seeds = 3
+  if arg == "n50":
+    c.train.num_epochs = 6
+    c.sweep.n_per_class = (50,)
   return c

@@ -46,10 +46,9 @@ Numbers it produced (results/seed000/README.md; 2-core shared CPU, 25 min; seed 
 import ml_collections
 
 from tl_jax.config import base_config
-import tl_jax.scenarios  # noqa: F401  (registers 'efficientnet_lite0_cut')
 
 EFFNET_WEIGHTS = "shared://data/efficientnet_lite0_imagenet/weights.npz"
-ALL_FROZEN = 17  # tl_jax.scenarios.efficientnet_cut: stem + 16 blocks + conv_head
+ALL_FROZEN = 17  # tl_jax.models.efficientnet: stem + 16 blocks + conv_head
 TOP_CUT = 11     # blocks 0-10 frozen: blocks 11-15 + conv_head train (the "top block")
 TOP_BLOCK = r"^backbone/(blocks_1[1-5]|conv_head|bn1)/"
 
@@ -65,7 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.split_seed = 0
   c.input.augment = "keras_seed000"
   c.input.normalize = "efficientnet"
-  c.model.name = "efficientnet_lite0_cut"
+  c.model.name = "efficientnet_lite0"
   # BatchNorm momentum 0.9 (PyTorch's 0.1) instead of Keras's 0.99: with a few hundred steps,
   # 0.99 leaves the running statistics near their initial values (eval at chance level).
   c.model.kwargs = ml_collections.ConfigDict({"frozen_blocks": 0, "bn_momentum": 0.9})

@@ -21,7 +21,7 @@ for validation (fixed split), 250 per class to train on.
 CPU shortening (2 shared cores; results/seed001/README.md): images 96x96 instead of 150x150 /
 224x224, epochs 30 (feature extraction) / 4 (frozen) / 2 + 3 (fine-tune) instead of 30/100/100,
 one seed. The frozen part of the base is cut out of backpropagation
-(tl_jax.scenarios.efficientnet_cut), which gives the same updates at a fraction of the cost.
+(EfficientNet-Lite0's `frozen_blocks`, tl_jax.models.efficientnet), which gives the same updates at a fraction of the cost.
 
     python -m tl_jax.main --config configs/seed001_catsdogs_effnet.py --workdir workdirs/seed001
 
@@ -33,7 +33,6 @@ fine_tune 0.850 / 0.849 / 0.566; fine_tune_bn_frozen 0.900 / 0.900 / 0.234.
 import ml_collections
 
 from tl_jax.config import base_config
-import tl_jax.scenarios  # noqa: F401  (registers 'efficientnet_lite0_cut')
 
 EFFNET_WEIGHTS = "shared://data/efficientnet_lite0_imagenet/weights.npz"
 TOP_BLOCK = r"^backbone/(blocks_1[1-5]|conv_head|bn1)/"
@@ -52,7 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.split_seed = 0
   c.input.augment = "none"
   c.input.normalize = "efficientnet"
-  c.model.name = "efficientnet_lite0_cut"
+  c.model.name = "efficientnet_lite0"
   c.model.kwargs = ml_collections.ConfigDict({"frozen_blocks": 17})
   c.model.head = "dense256"
   c.optimizer.name = "rmsprop"

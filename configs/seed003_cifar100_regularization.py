@@ -4,7 +4,7 @@ data augmentation (cumulative, as the lab does: each step keeps the previous one
 Data: shared/data/cifar100 — train 10,000 (100 per fine class; 50 used, see below), val 3,000
 (30 per class, held out from the official training split), test 916 (the first 916 official test
 images, 4-15 per class).
-Model: tl_jax.scenarios.cnn.Seed003CNN at half width for the CPU (conv16-conv16-pool-conv32-conv32-
+Model: tl_jax.models.cnn.Seed003CNN at half width for the CPU (conv16-conv16-pool-conv32-conv32-
 pool-fc256-fc100, ReLU; `width=32, fc=512` is the full-size lab network),
 Adam lr 1e-3, batch 64; best epoch on validation accuracy; test evaluated once at that epoch.
 
@@ -27,7 +27,6 @@ baseline 15.94 % / 17.37 %, +dropout 13.43 % / 14.37 %, +batchnorm 21.18 % / 20.
 import ml_collections
 
 from tl_jax.config import base_config
-import tl_jax.scenarios  # noqa: F401  (registers 'seed003_cnn')
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -21,37 +21,22 @@ Numbers it produced (results/seed004/README.md; 2-core shared CPU, 182 s, seed 0
 0.920 (macro-F1 0.920, loss 0.255), validation 0.890, train 0.938; best epoch 43 of 100.
 """
 
+import pathlib
+import runpy
+
 import ml_collections
 
-from tl_jax.config import base_config
-import tl_jax.scenarios  # noqa: F401  (registers 'efficientnet_lite0_cut')
+# Same data, ImageNet backbone, cut and head as seed 001's cats-vs-dogs comparison.
+_SEED001 = runpy.run_path(str(pathlib.Path(__file__).with_name("seed001_catsdogs_effnet.py")))
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = base_config()
+  c = _SEED001["get_config"]()
+  del c["compare"]
   c.name = "seed004_catsdogs_vgglab"
-  c.data.source = "image_folder"
-  c.data.train = "shared://data/cats_vs_dogs/train"
-  c.data.test = "shared://data/cats_vs_dogs/test"
-  c.data.size = (96, 96)
-  c.data.val_per_class = 50
-  c.data.split_seed = 0
-  c.input.augment = "none"
-  c.input.normalize = "efficientnet"
-  c.model.name = "efficientnet_lite0_cut"
-  c.model.kwargs = ml_collections.ConfigDict({"frozen_blocks": 17})
-  c.model.head = "dense256"
-  c.optimizer.name = "sgd"
-  c.optimizer.lr = 1e-4
-  c.optimizer.momentum = 0.9
-  c.optimizer.weight_decay = 0.0
-  c.optimizer.schedule = "constant"
+  c.optimizer = ml_collections.ConfigDict({**c.optimizer.to_dict(), "name": "sgd",
+                                           "momentum": 0.9})
   c.train.num_epochs = 100
   c.train.batch_size = 100
-  c.train.eval_batch_size = 100
-  c.train.checkpoint_every = 0
-  c.train.progress = False
   c.transfer.strategy = "feature_extraction"
-  c.transfer.init_kind = "efficientnet_lite0"
-  c.transfer.init_from = "shared://data/efficientnet_lite0_imagenet/weights.npz"
   return c

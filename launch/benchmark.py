@@ -292,7 +292,7 @@ def _markdown(meta: dict, records: list[dict], errors: list[dict]) -> str:
            "cores)", "", f"- command: `{meta['command']}`", f"- git commit: `{meta['git_commit']}`"
            + (" (working tree had uncommitted changes)" if meta["git_dirty"] else ""),
            f"- date (UTC): {meta['date_utc']}",
-           f"- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+           "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
            f"- CPU flags: {' '.join(meta['hardware']['cpu_flags'])}",
            f"- load average before/after: {meta['loadavg_start']} / {meta['loadavg_end']}",
            "- images/s: median over all timed steps (IQR in brackets); first step = compile "

@@ -24,3 +24,12 @@ export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 # Persistent XLA compilation cache: cuts repeated cold starts (see results/benchmarks).
 export TL_JAX_COMPILATION_CACHE="${TL_JAX_COMPILATION_CACHE:-$ROOT/.cache/jax}"
 cd "$ROOT"
+
+# For gpu_host.sh / tpu_vm.sh: install jax's accelerator wheels matching the pinned jax once.
+#   ensure_jax_backend gpu cuda12    |    ensure_jax_backend tpu tpu
+ensure_jax_backend() {
+  local backend="$1" extra="$2"
+  if ! python -c "import jax; assert jax.default_backend() == '$backend'" 2>/dev/null; then
+    python -m pip install -q "jax[$extra]==$(python -c 'import jax; print(jax.__version__)')"
+  fi
+}

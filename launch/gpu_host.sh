@@ -7,9 +7,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export TL_JAX_VENV="${TL_JAX_VENV:-$ROOT/.venv-gpu}"
 source "$ROOT/launch/env.sh"
-if ! python -c "import jax; assert jax.default_backend() == 'gpu'" 2>/dev/null; then
-  python -m pip install -q "jax[cuda12]==$(python -c 'import jax; print(jax.__version__)')"
-fi
+ensure_jax_backend gpu cuda12
 # Memory: let several seeds share the GPU without XLA grabbing 75% up front; keep the allocator
 # from fragmenting on long sweeps. Raise the fraction for single large runs.
 export XLA_PYTHON_CLIENT_PREALLOCATE="${XLA_PYTHON_CLIENT_PREALLOCATE:-false}"

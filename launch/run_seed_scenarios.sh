@@ -2,12 +2,13 @@
 # Runs the seed-document scenarios (configs/seed00*_*.py) and writes the results/seedNNN/ tables
 # and figures. CPU-shortened settings are in each config's docstring; on 2 CPU cores the whole
 # script takes ~1 h. Usage: bash launch/run_seed_scenarios.sh [WORKROOT] [SCENARIO...]
-# SCENARIO in: seed004_gtsrb seed004_catsdogs seed003 seed001 seed000 (default: all, this order).
+# SCENARIO in: seed004_gtsrb seed004_catsdogs seed003 seed001 seed000 seed000_ham10000
+# (default: all, this order).
 # Finished runs (summary.json present) are skipped, so an interrupted script resumes.
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 W="${1:-workdirs}"
 shift || true
-ALL=(seed004_gtsrb seed004_catsdogs seed003 seed001 seed000)
+ALL=(seed004_gtsrb seed004_catsdogs seed003 seed001 seed000 seed000_ham10000)
 if [ $# -gt 0 ]; then TODO=("$@"); else TODO=("${ALL[@]}"); fi
 mkdir -p "$W/logs"
 
@@ -41,6 +42,12 @@ for s in "${TODO[@]}"; do
           --workdir "$W/seed000_catsdogs" --out results/seed000/gradcam_panel.png
       run seed000_imagenet96 configs/seed000_catsdogs_imagenet96.py "$W/seed000_imagenet96" \
           results/seed000/imagenet96 ;;
+    seed000_ham10000)
+      run "$s" configs/seed000_ham10000_five_scenarios.py "$W/seed000_ham10000" \
+          results/seed000/ham10000
+      python -m tl_jax.scenarios.gradcam_panel --n 7 --feature stage5 \
+          --config configs/seed000_ham10000_five_scenarios.py \
+          --workdir "$W/seed000_ham10000" --out results/seed000/ham10000/gradcam_panel.png ;;
     *) echo "unknown scenario $s; one of ${ALL[*]}" >&2; exit 2 ;;
   esac
 done

@@ -11,9 +11,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export TL_JAX_VENV="${TL_JAX_VENV:-$ROOT/.venv-tpu}"
 source "$ROOT/launch/env.sh"
-if ! python -c "import jax; assert jax.default_backend() == 'tpu'" 2>/dev/null; then
-  python -m pip install -q "jax[tpu]==$(python -c 'import jax; print(jax.__version__)')"
-fi
+ensure_jax_backend tpu tpu
 # Large host->device transfers of whole datasets: raise the TPU host-memory limits moderately.
 export TPU_PREMAPPED_BUFFER_SIZE="${TPU_PREMAPPED_BUFFER_SIZE:-4294967296}"
 export TF_CPP_MIN_LOG_LEVEL=2

@@ -4,7 +4,6 @@ import json
 
 import chex
 import flax
-import jax
 import numpy as np
 import pytest
 
@@ -40,6 +39,9 @@ def test_scratch_run_writes_summary_metrics_and_figures(data, source_dir):
   assert (source_dir / "curves.png").stat().st_size > 0
   assert (source_dir / "confusion_matrix.png").stat().st_size > 0
   assert s["test_accuracy"] > 1 / 3  # learnable toy data: above chance after 3 epochs
+  # the run's full config is stored beside its numbers
+  cfg = json.loads((source_dir / "config.json").read_text())
+  assert cfg["train"]["num_epochs"] == 3 and cfg["data"]["train"] == data["train"]
 
 
 def test_frozen_backbone_keeps_source_weights_bit_identical(data, source_dir, tmp_path):

@@ -10,14 +10,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-import tl_jax.scenarios  # noqa: F401  (registers the scenario models)
 from tl_jax import experiment, models
 from tl_jax.compare import apply_overrides, run_comparison
 from tl_jax.data import preprocess
 from tl_jax.models.efficientnet import EfficientNetLite0
 from tl_jax.scenarios import gtsrb, tables
-from tl_jax.scenarios.cnn import Seed003CNN
-from tl_jax.scenarios.efficientnet_cut import EfficientNetLite0Cut
+from tl_jax.models.cnn import Seed003CNN
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = sorted(p for pat in ("seed000_*.py", "seed001_*.py", "seed003_*.py", "seed004_*.py")
@@ -54,8 +52,8 @@ def test_config_loads_and_every_method_builds(path):
 def test_cut_model_same_params_and_eval_outputs_as_efficientnet():
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
   ref = EfficientNetLite0(num_classes=5, blocks=SMALL, stem_features=8, head_features=16)
-  cut = EfficientNetLite0Cut(num_classes=5, blocks=SMALL, stem_features=8, head_features=16,
-                             frozen_blocks=2)
+  cut = EfficientNetLite0(num_classes=5, blocks=SMALL, stem_features=8, head_features=16,
+                          frozen_blocks=2)
   v = ref.init(jax.random.key(1), x)
   v2 = cut.init(jax.random.key(1), x)
   chex.assert_trees_all_equal_shapes(v, v2)
@@ -65,8 +63,8 @@ def test_cut_model_same_params_and_eval_outputs_as_efficientnet():
 @pytest.mark.parametrize("k", [0, 2, 4])
 def test_cut_model_stops_gradients_and_bn_updates_below_the_cut(k):
   x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
-  m = EfficientNetLite0Cut(num_classes=3, blocks=SMALL, stem_features=8, head_features=16,
-                           frozen_blocks=k)
+  m = EfficientNetLite0(num_classes=3, blocks=SMALL, stem_features=8, head_features=16,
+                        frozen_blocks=k)
   v = m.init(jax.random.key(1), x)
 
   def loss(p):
@@ -140,8 +138,8 @@ def test_seed004_gtsrb_runs_one_epoch_and_tables(tmp_path, monkeypatch):
 
 def test_cut_model_bn_momentum_sets_running_average_rate():
   x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3)) + 2.0
-  m = EfficientNetLite0Cut(num_classes=3, blocks=SMALL, stem_features=8, head_features=16,
-                           bn_momentum=0.9)
+  m = EfficientNetLite0(num_classes=3, blocks=SMALL, stem_features=8, head_features=16,
+                        bn_momentum=0.9)
   v = m.init(jax.random.key(1), x)
   _, upd = m.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(2)})
   stem = m.apply(v, x, capture_intermediates=lambda mdl, _: mdl.name == "conv_stem",

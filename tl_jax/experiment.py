@@ -132,7 +132,11 @@ def steps_per_epoch(config, n_train: int) -> int:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
-  """Runs `config` in `workdir`; returns (and writes) the summary with test metrics."""
+  """Runs `config` in `workdir`; returns (and writes) the summary with test metrics.
+
+  The run's full config is written first to `workdir/config.json` (provenance of every number)."""
+  jsonl.write_text_atomic(check_workdir(workdir) / "config.json",
+                          config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
   if config.kt.method != "none":
     from tl_jax.kt import experiment as kt_experiment
     return kt_experiment.train_and_evaluate(config, workdir)

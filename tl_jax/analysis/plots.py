@@ -7,7 +7,6 @@ never leaves a half-written image) and returns the saved path.
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import tempfile
@@ -21,6 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from tl_jax.errors import ConfigError  # noqa: E402
+from tl_jax.train import jsonl  # noqa: E402
 
 PathLike = str | os.PathLike
 
@@ -159,22 +159,15 @@ def plot_confusion_matrix(cm: np.ndarray, out_path: PathLike,
 # ---------------------------------------------------------------- training curves
 
 def read_metrics_jsonl(path: PathLike) -> list[dict]:
-  """Records of a metrics.jsonl (one JSON object per line; blank/truncated last line skipped)."""
+  """Records of a metrics.jsonl (tl_jax.train.jsonl.read_jsonl: a torn last line is skipped);
+  a missing or corrupt file is a ConfigError naming `metrics_path`."""
   p = pathlib.Path(path)
   if not p.is_file():
     raise ConfigError("metrics_path", str(p), hint="file not found")
-  records = []
-  lines = p.read_text().splitlines()
-  for k, line in enumerate(lines):
-    if not line.strip():
-      continue
-    try:
-      records.append(json.loads(line))
-    except json.JSONDecodeError:
-      if k == len(lines) - 1:  # a run killed mid-write leaves a partial last line
-        continue
-      raise ConfigError("metrics_path", f"{p}:{k + 1}", hint="not valid JSON")
-  return records
+  try:
+    return jsonl.read_jsonl(p)
+  except ValueError as e:
+    raise ConfigError("metrics_path", str(p), hint=str(e)) from e
 
 
 def curve_series(records: Iterable[Mapping], x_key: str = "epoch") -> dict[str, tuple]:

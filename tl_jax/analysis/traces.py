@@ -12,7 +12,6 @@ per epoch, so a resumed run that re-records an epoch is fine.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 from typing import Any, Sequence
 

@@ -15,6 +15,7 @@ from flax import linen as nn
 
 from tl_jax.errors import ConfigError
 from tl_jax.models.alexnet import AlexNet
+from tl_jax.models.cnn import Seed003CNN
 from tl_jax.models.efficientnet import EfficientNetLite0
 from tl_jax.models.layers import Conv, count_params
 from tl_jax.models.lenet import LeNet5
@@ -30,10 +31,13 @@ _REGISTRY: dict[str, type[nn.Module]] = {
     "resnet32": ResNet32,
     "resnet50": ResNet50,
     "efficientnet_lite0": EfficientNetLite0,
+    "seed003_cnn": Seed003CNN,
     "tiny_cnn": TinyCNN,
     "tiny_mlp": TinyMLP,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+# Older names still accepted (configs and run workdirs written before the rename).
+_ALIASES = {"efficientnet_lite0_cut": "efficientnet_lite0"}
 
 _INPUT_SHAPES = {
     "lenet5": (32, 32, 1),
@@ -43,6 +47,7 @@ _INPUT_SHAPES = {
     "resnet32": (32, 32, 3),
     "resnet50": (224, 224, 3),
     "efficientnet_lite0": (224, 224, 3),
+    "seed003_cnn": (32, 32, 3),
     "tiny_cnn": (16, 16, 3),
     "tiny_mlp": (8, 8, 1),
 }
@@ -51,6 +56,7 @@ _IGNORED_KWARGS = {"lenet5": ("in_channels",)}
 
 
 def _check_name(name: str) -> str:
+  name = _ALIASES.get(name, name)
   if name not in _REGISTRY:
     raise ConfigError("model.name", name, MODEL_NAMES)
   return name
@@ -58,7 +64,8 @@ def _check_name(name: str) -> str:
 
 def create_model(name: str, num_classes: int | None, **kwargs: Any) -> nn.Module:
   """Builds model `name`; `num_classes=None` builds it without its classification layer."""
-  cls = _REGISTRY[_check_name(name)]
+  name = _check_name(name)
+  cls = _REGISTRY[name]
   for k in _IGNORED_KWARGS.get(name, ()):
     kwargs.pop(k, None)
   if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
@@ -79,7 +86,7 @@ def head_regex(name: str) -> str:
 
 def default_input_shape(name: str, variant: str | None = None) -> tuple[int, int, int]:
   """(H, W, C) a model expects by default ('alexnet' variant 'small' -> (32, 32, 3))."""
-  _check_name(name)
+  name = _check_name(name)
   if name == "alexnet" and variant == "small":
     return (32, 32, 3)
   return _INPUT_SHAPES[name]
@@ -96,6 +103,6 @@ def ordered_feature_names(features: Iterable[str]) -> list[str]:
 
 __all__ = [
     "AlexNet", "Conv", "EfficientNetLite0", "LeNet5", "MODEL_NAMES", "ResNet32", "ResNet50",
-    "TinyCNN", "TinyMLP", "VGG9", "VGG16", "count_params", "create_model", "default_input_shape",
+    "Seed003CNN", "TinyCNN", "TinyMLP", "VGG9", "VGG16", "count_params", "create_model", "default_input_shape",
     "head_regex", "ordered_feature_names",
 ]

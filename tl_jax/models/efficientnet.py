@@ -21,6 +21,17 @@ same transpose (feature_group_count = C); fc [out, in] -> [in, out]. No conv has
 Features (names sort in forward order): 'stage0' = stem output, 'stage1'..'stage7' = output of
 the last block of each group of equal output width (16, 24, 40, 80, 112, 192, 320),
 'stage8' = head conv output (1280 ch, after BN + ReLU6).
+
+`frozen_blocks` cuts the bottom of the network *in the forward pass* (Keras `trainable=False`):
+0 = nothing cut; k in 1..16 = stem + MBConv blocks 0..k-1 run BatchNorm in inference mode and their
+output is `stop_gradient`ed; 17 = the whole backbone (stem, 16 blocks, conv_head). Why: the freeze
+rules of the optimiser already keep frozen weights bit-identical and make XLA drop their weight
+gradients, but BatchNorm would still run in train mode there, and the depthwise-conv backward to
+the input (slow on XLA:CPU) would still run down to the lowest trainable layer. Seed 001's "top
+block" = blocks 11-15 (the 192- and 320-channel stages) + conv_head: frozen_blocks=11. Same
+parameters and the same eval outputs for every k.
+`bn_momentum`: running-average momentum of every BatchNorm (0.99 = TF/Keras; 0.9 = PyTorch's 0.1,
+which lets short CPU runs from scratch reach usable running statistics).
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from flax import linen as nn
 import jax
 import jax.numpy as jnp
 
+from tl_jax.errors import ConfigError
 from tl_jax.models.layers import Conv, batch_norm
 
 # (kernel, stride, expand, cin, cout); residual iff stride == 1 and cin == cout.
@@ -44,6 +56,7 @@ LITE0_BLOCKS = (
 BN = dict(momentum=0.99, epsilon=1e-3)
 # PyTorch-style init (the TF EfficientNet one): convs N(0, 2/fan_out); the loader overwrites it.
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+ALL_FROZEN = 17  # frozen_blocks value that freezes stem + 16 blocks + conv_head
 
 
 class MBConv(nn.Module):
@@ -51,22 +64,24 @@ class MBConv(nn.Module):
   stride: int
   expand: int
   cout: int
+  bn_momentum: float = BN["momentum"]
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    bn = dict(BN, momentum=self.bn_momentum)
     cin = x.shape[-1]
     y = x
     if self.expand != 1:
       y = Conv(cin * self.expand, (1, 1), use_bias=False, kernel_init=_conv_init,
                name="expand_conv")(y)
-      y = nn.relu6(batch_norm(train, "bn0", **BN)(y))
+      y = nn.relu6(batch_norm(train, "bn0", **bn)(y))
     ch = y.shape[-1]
     y = Conv(ch, (self.kernel, self.kernel), (self.stride, self.stride), padding="SAME",
              use_bias=False, feature_group_count=ch, kernel_init=_conv_init,
              name="depthwise_conv")(y)
-    y = nn.relu6(batch_norm(train, "bn1", **BN)(y))
+    y = nn.relu6(batch_norm(train, "bn1", **bn)(y))
     y = Conv(self.cout, (1, 1), use_bias=False, kernel_init=_conv_init, name="project_conv")(y)
-    y = batch_norm(train, "bn2", **BN)(y)
+    y = batch_norm(train, "bn2", **bn)(y)
     if self.stride == 1 and cin == self.cout:
       y = y + x
     return y
@@ -78,25 +93,41 @@ class EfficientNetLite0(nn.Module):
   blocks: tuple = LITE0_BLOCKS
   stem_features: int = 32
   head_features: int = 1280
+  frozen_blocks: int = 0
+  bn_momentum: float = BN["momentum"]
   head_name = "fc"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False):
+    n_blocks, k = len(self.blocks), int(self.frozen_blocks)
+    if not 0 <= k <= n_blocks + 1:
+      raise ConfigError("model.frozen_blocks", k, f"0..{n_blocks + 1}")
+    bn = dict(BN, momentum=self.bn_momentum)
+
+    def part_train(i: int) -> bool:  # i: -1 stem, 0..n-1 blocks, n conv_head
+      return train and not (k > 0 and i < k)
+
+    def cut_after(i: int, y: jax.Array) -> jax.Array:
+      return jax.lax.stop_gradient(y) if k > 0 and i == k - 1 else y
+
     feats = {}
     x = Conv(self.stem_features, (3, 3), (2, 2), padding="SAME", use_bias=False,
              kernel_init=_conv_init, name="conv_stem")(x)
-    x = nn.relu6(batch_norm(train, "bn0", **BN)(x))
+    x = nn.relu6(batch_norm(part_train(-1), "bn0", **bn)(x))
     feats["stage0"] = x
     stage = 0
-    for i, (k, s, e, _, cout) in enumerate(self.blocks):
-      x = MBConv(k, s, e, cout, name=f"blocks_{i}")(x, train)
-      last_of_group = i + 1 == len(self.blocks) or self.blocks[i + 1][4] != cout
+    for i, (ks, s, e, _, cout) in enumerate(self.blocks):
+      x = MBConv(ks, s, e, cout, bn_momentum=self.bn_momentum, name=f"blocks_{i}")(
+          x, part_train(i))
+      x = cut_after(i, x)
+      last_of_group = i + 1 == n_blocks or self.blocks[i + 1][4] != cout
       if last_of_group:
         stage += 1
         feats[f"stage{stage}"] = x
     x = Conv(self.head_features, (1, 1), use_bias=False, kernel_init=_conv_init,
              name="conv_head")(x)
-    x = nn.relu6(batch_norm(train, "bn1", **BN)(x))
+    x = nn.relu6(batch_norm(part_train(n_blocks), "bn1", **bn)(x))
+    x = cut_after(n_blocks, x)
     feats[f"stage{stage + 1}"] = x
     x = jnp.mean(x, axis=(1, 2))
     if self.num_classes is None:

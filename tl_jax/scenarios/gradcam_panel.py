@@ -1,8 +1,8 @@
 """Grad-CAM panel of several trained runs on the same test images (seed 000, section 8).
 
 Rebuilds each run's model from its workdir (model.json + model_variables.msgpack written by
-tl_jax.experiment), with the forward-pass cut of `efficientnet_lite0_cut` removed (frozen_blocks=0:
-same parameters and eval outputs, but gradients reach the explained map), and draws one row per
+tl_jax.experiment), with EfficientNet-Lite0's forward-pass cut removed (frozen_blocks=0: same
+parameters and eval outputs, but gradients reach the explained map), and draws one row per
 image, one column per run, with tl_jax.analysis.gradcam.gradcam_panel.
 
     python -m tl_jax.scenarios.gradcam_panel --config configs/seed000_catsdogs_five_scenarios.py \
@@ -24,7 +24,6 @@ from tl_jax.analysis import gradcam
 from tl_jax.data import augment
 from tl_jax.data.sources import load_dataset
 from tl_jax.transfer import init as tinit
-import tl_jax.scenarios  # noqa: F401
 
 
 def load_run(run_dir: str | pathlib.Path):

@@ -88,8 +88,8 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
       continue
     try:
       out.append(json.loads(line))
-    except json.JSONDecodeError:
+    except json.JSONDecodeError as e:
       if i == len(lines) - 1:
         break
-      raise
+      raise ValueError(f"{path}:{i + 1}: not valid JSON ({e.msg})") from e
   return out

@@ -16,7 +16,7 @@ set_to_zero), never as a copy of the model, so one param tree serves every stage
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Sequence
 
 import ml_collections
 
