@@ -278,9 +278,39 @@ def test_vgg9_small_maps_use_im2col():
   model = models.create_model("vgg9", 10)
   x = jnp.zeros((1, 32, 32, 3))
   v = jax.eval_shape(lambda: model.init(_key(0), x))
-  # 8 convs; the two on the 2x2 maps of the last block are im2col matmuls at 32x32 input.
-  assert _num_xla_convs(lambda v, x: model.apply(v, x), v, x) == 6
-  assert _num_xla_convs(lambda v, x: model.apply(v, x), v, jnp.zeros((1, 64, 64, 3))) == 8
+  # 8 convs; only the first (32x32 output) is an XLA conv, the others (<= 16x16) are im2col.
+  assert _num_xla_convs(lambda v, x: model.apply(v, x), v, x) == 1
+  # 64x64 input: convs with 32x32 or larger outputs (conv0, conv1) stay XLA convs.
+  assert _num_xla_convs(lambda v, x: model.apply(v, x), v, jnp.zeros((1, 64, 64, 3))) == 2
+  legacy = models.create_model("vgg9", 10, im2col_max_pixels=4)  # only the 2x2 maps
+  assert _num_xla_convs(lambda v, x: legacy.apply(v, x), v, x) == 6
+
+
+def test_vgg9_im2col_threshold_changes_nothing_but_speed():
+  """Same outputs, parameter gradients and input-gradient HVPs (second order, as in L2T's
+  look-ahead) whether the convs run as XLA convs or as im2col matmuls."""
+  cfg = (8, "M", 8, "M", 16, "M")
+  x = jax.random.normal(_key(3), (2, 16, 16, 3))
+  fast = models.VGG9(num_classes=3, cfg=cfg, im2col_max_pixels=0)
+  mm = models.VGG9(num_classes=3, cfg=cfg, im2col_max_pixels=1 << 20)
+  v = fast.init(_key(4), x)
+
+  def loss(m, p):
+    logits, feats = m.apply({"params": p, "batch_stats": v["batch_stats"]}, x, train=True,
+                            mutable=["batch_stats"])[0]
+    return jnp.sum(logits ** 2) + jnp.sum(feats["pool1"] ** 2)
+
+  def tree_vdot(a, b):
+    return sum(jnp.vdot(x_, y_) for x_, y_ in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+  def hvp(m, p):  # d/dp <grad_p loss, u>: second order through every conv
+    u = jax.tree.map(jnp.ones_like, p)
+    return jax.grad(lambda q: tree_vdot(jax.grad(lambda r: loss(m, r))(q), u))(p)
+
+  chex.assert_trees_all_close(fast.apply(v, x)[0], mm.apply(v, x)[0], rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_close(jax.grad(lambda p: loss(fast, p))(v["params"]),
+                              jax.grad(lambda p: loss(mm, p))(v["params"]), rtol=1e-4, atol=1e-4)
+  chex.assert_trees_all_close(hvp(fast, v["params"]), hvp(mm, v["params"]), rtol=1e-3, atol=1e-3)
 
 
 # ----------------------------------------------------------------------------- modes

@@ -5,8 +5,13 @@ with bias, then BN (torch momentum 0.1 / eps 1e-5) then ReLU; global average poo
 Init: convs Kaiming-normal fan-out (ReLU gain), biases 0, Dense N(0, 0.01) with bias 0.
 Params: 'conv0'..'conv7', 'bn0'..'bn7', 'head' (9,277,284 with 100 classes; BN running stats not
 counted). Features: the maps entering each max-pool, 'pool0'..'pool4' (post-BN-ReLU, pre-pool):
-64x32x32, 128x16x16, 256x8x8, 512x4x4, 512x2x2 at 32x32 input. Convs on the 2x2 maps run as
-im2col + matmul (layers.Conv) to avoid the XLA:CPU small-map slowdown.
+64x32x32, 128x16x16, 256x8x8, 512x4x4, 512x2x2 at 32x32 input. Convs whose output map has at
+most `im2col_max_pixels` (default 256 = 16x16) pixels run as im2col + matmul (layers.Conv), i.e.
+every conv but the first at 32x32 input. Why: besides the 2x2-map trap, the second-order backward
+of L2T's look-ahead produces window-reversed convolutions in a layout XLA:CPU leaves to its naive
+loop emitter; with im2col they become matmuls. Measured on the 2-core CPU (batch 64, under load,
+same process, alternating): one L2T-ww iteration 31.7 s -> 16.6 s, a plain train step 1.23 s ->
+1.10 s (results/benchmarks/README.md). Same parameters; outputs equal to float rounding.
 
 VGG16: Keras `applications.VGG16` layer names, so Keras weights map 1:1 ('block1_conv1' ...
 'block5_conv3', 'fc1', 'fc2', 'predictions'; kernels HWIO like Keras). `num_classes=None` is
@@ -31,6 +36,7 @@ POOLINGS = (None, "avg", "max")
 class VGG9(nn.Module):
   num_classes: int | None = 100
   cfg: tuple = VGG9_CFG
+  im2col_max_pixels: int = 256  # layers.Conv: im2col for outputs of <= this H*W (docstring)
   head_name = "head"
 
   @nn.compact
@@ -43,7 +49,8 @@ class VGG9(nn.Module):
         x = nn.max_pool(x, (2, 2), (2, 2))
         pool_i += 1
         continue
-      x = Conv(int(v), (3, 3), padding=1, kernel_init=he_fan_out, name=f"conv{conv_i}")(x)
+      x = Conv(int(v), (3, 3), padding=1, kernel_init=he_fan_out,
+               small_map_pixels=self.im2col_max_pixels, name=f"conv{conv_i}")(x)
       x = nn.relu(batch_norm(train, f"bn{conv_i}")(x))
       conv_i += 1
     x = jnp.mean(x, axis=(1, 2))
