@@ -1,10 +1,26 @@
 """Per-iteration cost of UFM / L2T-ww / L2T-www vs a plain VGG-9 train step (not a test).
 
-    python launch/bench_l2t.py [--batch 64] [--steps 10] [--warmup 3] [--out results/benchmarks]
+    python launch/bench_l2t.py [--batch 64] [--steps 10] [--warmup 3] [--methods ...]
+                               [--out results/benchmarks]
 
 ResNet-32 source (the shared L2T-ww weights when present, else random) -> VGG-9 target, 32x32,
 15 pairs, T = 2. Each method's jitted iteration is timed with block_until_ready; median and IQR
 over --steps timed iterations after --warmup. Writes l2t_<hardware>.json and .md atomically.
+
+Methods: 'plain' (VGG-9 SGD step), 'ufm', 'l2t_ww', 'l2t_www' (tl_jax, jitted) and their PyTorch
+counterparts 'torch_plain', 'torch_ufm', 'torch_l2t_ww', 'torch_l2t_www'
+(tl_jax/bench/torch_l2t.py: the same iteration, tested equal to tl_jax's in
+tests/test_bench_torch_l2t.py), started from the same weights (the torch objects are filled from
+the tl_jax state) with torch.set_num_threads(os.cpu_count()). Both frameworks augment inside the
+timed step (pad-4 crop + flip + ImageNet normalisation of the same uint8 batch; torch does it with
+torch ops and its own RNG).
+
+Torch threads: --torch-threads (default os.cpu_count()). --omp-wait-policy (default PASSIVE) is
+exported as OMP_WAIT_POLICY before torch loads its OpenMP runtime: with the default spin-waiting
+(ACTIVE) a torch step on a machine whose cores are busy with other work stalls at every parallel
+region (measured on the loaded 2-core dev box, batch 4: torch_l2t_ww 31 s/iteration with
+spinning, 1.6 s passive, 1.3 s with 1 thread). Pass --omp-wait-policy '' to keep the runtime's
+default on an idle machine. Both are recorded in the output.
 """
 
 from __future__ import annotations
@@ -34,6 +50,10 @@ from tl_jax.train import optim, steps  # noqa: E402
 from tl_jax.train.state import TrainState  # noqa: E402
 
 PAIRS = ",".join(f"{m}-{n}" for m in (4, 9, 14) for n in range(5))
+JAX_METHODS = ("plain", "ufm", "l2t_ww", "l2t_www")
+TORCH_METHODS = tuple(f"torch_{m}" for m in JAX_METHODS)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def cpu_name() -> str:
@@ -66,14 +86,80 @@ def time_fn(fn, state, batch, key, warmup, n):
   return np.asarray(times)
 
 
+def time_torch(step, warmup: int, n: int) -> np.ndarray:
+  """Median-able wall times of `step()` (torch CPU ops are synchronous)."""
+  for _ in range(warmup):
+    step()
+  times = []
+  for _ in range(n):
+    t = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - t)
+  return np.asarray(times)
+
+
+def torch_augment(images, gen):
+  """uint8 NHWC -> float NCHW: zero-pad 4, random 32x32 crop, random h-flip, ImageNet
+  normalisation; the torch counterpart of augment.make_augment(crop_flip, imagenet)."""
+  import torch
+  x = images.permute(0, 3, 1, 2).float()
+  b, _, h, w = x.shape
+  padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+  off = torch.randint(0, 9, (b, 2), generator=gen)
+  rows = (off[:, :1] + torch.arange(h))[:, None, :, None]          # (B, 1, H, 1)
+  cols = (off[:, 1:] + torch.arange(w))[:, None, None, :]          # (B, 1, 1, W)
+  bidx = torch.arange(b)[:, None, None, None]
+  cidx = torch.arange(x.shape[1])[None, :, None, None]
+  out = padded[bidx, cidx, rows, cols]
+  flip = torch.rand(b, generator=gen) < 0.5
+  out = torch.where(flip[:, None, None, None], out.flip(3), out)
+  mean = torch.tensor(IMAGENET_MEAN)[None, :, None, None]
+  std = torch.tensor(IMAGENET_STD)[None, :, None, None]
+  return (out / 255.0 - mean) / std
+
+
+def torch_step_fn(method, batch, target, source, t_vars, s_vars, pairs, key, threads):
+  """A no-argument closure running one torch step of `method` on `batch` (numpy arrays)."""
+  import torch
+  import torch.nn.functional as F
+  from tl_jax.bench import torch_l2t
+  from tl_jax.weights import torch_twins
+  torch.set_num_threads(threads)
+  images = torch.from_numpy(np.asarray(batch["image"]).copy())
+  labels = torch.from_numpy(np.asarray(batch["label"]).astype(np.int64))
+  gen = torch.Generator().manual_seed(0)
+  tgt = torch_twins.VGG9(10)
+  base = method[len("torch_"):]
+  if base == "plain":
+    torch_twins.load_twin_from_flax(tgt, t_vars).train()
+    opt = torch.optim.SGD(tgt.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+
+    def step():
+      logits, _ = tgt(torch_augment(images, gen))
+      loss = F.cross_entropy(logits, labels)
+      opt.zero_grad(set_to_none=True)
+      loss.backward()
+      opt.step()
+    return step
+  kt = KnowledgeTransfer(source, target, pairs, KTConfig(method=base), lambda s: jnp.asarray(0.1))
+  state = kt.init(key, t_vars, s_vars)
+  tkt = torch_l2t.from_tl_jax(kt, state, torch_twins.ResNet32L2T(200), tgt, lr=0.1)
+  return lambda: tkt.iteration(torch_augment(images, gen), labels, 0.1)
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--batch", type=int, default=64)
   ap.add_argument("--steps", type=int, default=10)
   ap.add_argument("--warmup", type=int, default=3)
-  ap.add_argument("--methods", default="plain,ufm,l2t_ww,l2t_www")
+  ap.add_argument("--methods", default=",".join(JAX_METHODS + TORCH_METHODS))
   ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks"))
+  ap.add_argument("--torch-threads", type=int, default=os.cpu_count())
+  ap.add_argument("--omp-wait-policy", default="PASSIVE",
+                  help="OMP_WAIT_POLICY for torch's OpenMP ('' = leave unset); see the docstring")
   args = ap.parse_args(argv)
+  if args.omp_wait_policy and "torch" not in sys.modules:
+    os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.integers(0, 256, (args.batch, 32, 32, 3), dtype=np.uint8)),
            "label": jnp.asarray(rng.integers(0, 10, args.batch).astype(np.int32))}
@@ -92,9 +178,17 @@ def main(argv=None):
                       feature_shapes(target, t_vars, (32, 32, 3)))
   aug = augment.make_augment({"augment": "crop_flip", "normalize": "imagenet"})
   results = {}
-  for method in args.methods.split(","):
+  methods = args.methods.split(",")
+  bad = sorted(set(methods) - set(JAX_METHODS + TORCH_METHODS))
+  if bad:
+    ap.error(f"unknown --methods {bad}; allowed {JAX_METHODS + TORCH_METHODS}")
+  for method in methods:
     t0 = time.perf_counter()
-    if method == "plain":
+    if method in TORCH_METHODS:
+      step = torch_step_fn(method, batch, target, source, t_vars, s_vars, pairs, key,
+                           args.torch_threads)
+      times = time_torch(step, args.warmup, args.steps)
+    elif method == "plain":
       cfg = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
              "schedule": "constant"}
       tx = optim.make_optimizer(cfg, 1, 1, t_vars["params"])
@@ -105,16 +199,21 @@ def main(argv=None):
                              lambda s: jnp.asarray(0.1), preprocess=aug)
       state = kt.init(key, t_vars, s_vars)
       fn = kt.l2t_iteration
-    state = jax.tree.map(jnp.array, state)  # fresh buffers (the step donates its input)
-    times = time_fn(fn, state, batch, key, args.warmup, args.steps)
+    if method not in TORCH_METHODS:
+      state = jax.tree.map(jnp.array, state)  # fresh buffers (the step donates its input)
+      times = time_fn(fn, state, batch, key, args.warmup, args.steps)
     med = float(np.median(times))
     results[method] = {"median_s": med, "iqr_s": float(np.subtract(*np.percentile(times, [75, 25]))),
                        "images_per_s": args.batch / med, "times_s": times.tolist(),
                        "compile_and_warmup_s": time.perf_counter() - t0 - float(times.sum())}
-    print(f"{method:>8s}: {med:.3f} s/iteration ({args.batch / med:.1f} img/s)", flush=True)
+    print(f"{method:>13s}: {med:.3f} s/iteration ({args.batch / med:.1f} img/s)", flush=True)
   if "plain" in results:
     for m, r in results.items():
       r["ratio_to_plain"] = r["median_s"] / results["plain"]["median_s"]
+  for m, r in results.items():  # vs the plain step of the same framework
+    own = "torch_plain" if m in TORCH_METHODS else "plain"
+    if own in results:
+      r["ratio_to_own_plain"] = r["median_s"] / results[own]["median_s"]
   try:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
@@ -126,6 +225,13 @@ def main(argv=None):
           else str(jax.devices()[0].device_kind), "jax": jax.__version__, "batch": args.batch,
           "input": "32x32x3", "pairs": len(pairs), "inner_steps": 2, "source_weights": weights,
           "load_average_at_end": os.getloadavg()}
+  if any(m in TORCH_METHODS for m in results):
+    import torch
+    meta["torch"] = torch.__version__
+    meta["torch_threads"] = torch.get_num_threads()
+    meta["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "(unset)")
+    meta["torch_note"] = ("torch_* = tl_jax/bench/torch_l2t.py (same iteration, tested equal), same "
+                          "initial weights; crop/flip + normalisation in torch inside the timed step")
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   slug = hardware_slug()
@@ -137,10 +243,16 @@ def main(argv=None):
            f"Command: `{meta['command']}`; commit {commit}; {meta['date']}; jax {jax.__version__};"
            f" batch {args.batch}, 32x32, {len(pairs)} pairs, T=2; median of {args.steps} after "
            f"{args.warmup} warm-up; 1-min load average at the end {meta['load_average_at_end'][0]:.2f}.", "",
-           "| step | median s | IQR s | img/s | x plain step |", "|---|---:|---:|---:|---:|"]
+           "| step | median s | IQR s | img/s | x plain step | x same-framework plain |",
+           "|---|---:|---:|---:|---:|---:|"]
   for m, r in results.items():
     lines.append(f"| {m} | {r['median_s']:.3f} | {r['iqr_s']:.3f} | {r['images_per_s']:.1f} | "
-                 f"{r.get('ratio_to_plain', float('nan')):.1f} |")
+                 f"{r.get('ratio_to_plain', float('nan')):.2f} | "
+                 f"{r.get('ratio_to_own_plain', float('nan')):.2f} |")
+  if "torch_note" in meta:
+    lines += ["", f"torch {meta['torch']}, {meta['torch_threads']} threads, OMP_WAIT_POLICY "
+              f"{meta['omp_wait_policy']}: {meta['torch_note']}. "
+              "JAX methods augment on device with jax.random (same transforms)."]
   tmp = out / f".l2t_{slug}.md.tmp"
   tmp.write_text("\n".join(lines) + "\n")
   tmp.replace(out / f"l2t_{slug}.md")

@@ -233,7 +233,8 @@ def state_dict_from_flax(variables: Mapping[str, Any],
         a = a.transpose(3, 2, 0, 1)
       elif a.ndim == 2:
         a = a.T
-      out[key_fn(path[:-1]) + "." + _LEAF[(col, path[-1])]] = torch.from_numpy(np.ascontiguousarray(a))
+      # np.array copies: arrays from JAX are read-only, which torch.from_numpy warns about.
+      out[key_fn(path[:-1]) + "." + _LEAF[(col, path[-1])]] = torch.from_numpy(np.array(a, order="C"))
   return out
 
 
@@ -258,7 +259,7 @@ def load_twin_from_flax(twin: nn.Module, variables, key_fn=default_key_fn) -> nn
 
 
 def nhwc_to_torch(x) -> torch.Tensor:
-  return torch.from_numpy(np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 3, 1, 2)))
+  return torch.from_numpy(np.array(np.asarray(x, np.float32).transpose(0, 3, 1, 2), order="C"))
 
 
 def num_params(m: nn.Module) -> int:
