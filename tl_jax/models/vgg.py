@@ -6,10 +6,11 @@ Init: convs Kaiming-normal fan-out (ReLU gain), biases 0, Dense N(0, 0.01) with 
 Params: 'conv0'..'conv7', 'bn0'..'bn7', 'head' (9,277,284 with 100 classes; BN running stats not
 counted). Features: the maps entering each max-pool, 'pool0'..'pool4' (post-BN-ReLU, pre-pool):
 64x32x32, 128x16x16, 256x8x8, 512x4x4, 512x2x2 at 32x32 input. Convs whose output map has at
-most `im2col_max_pixels` (default 256 = 16x16) pixels run as im2col + matmul (layers.Conv), i.e.
-every conv but the first at 32x32 input. Why: besides the 2x2-map trap, the second-order backward
-of L2T's look-ahead produces window-reversed convolutions in a layout XLA:CPU leaves to its naive
-loop emitter; with im2col they become matmuls. Measured on the 2-core CPU (batch 64, under load,
+most `im2col_max_pixels` pixels run as im2col + matmul (layers.Conv). Default (None): 256 (16x16,
+every conv but the first at 32x32 input) on CPU, layers.SMALL_MAP_PIXELS (2x2) on GPU/TPU, whose
+convolution libraries have no such trap (not measured here). Why on CPU: besides the 2x2-map
+trap, the second-order backward of L2T's look-ahead produces window-reversed convolutions in a
+layout XLA:CPU leaves to its naive loop emitter; with im2col they become matmuls. Measured on the 2-core CPU (batch 64, under load,
 same process, alternating): one L2T-ww iteration 31.7 s -> 16.6 s, a plain train step 1.23 s ->
 1.10 s (results/benchmarks/README.md). Same parameters; outputs equal to float rounding.
 
@@ -26,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from tl_jax.errors import check_choice
-from tl_jax.models.layers import Conv, batch_norm, he_fan_out
+from tl_jax.models.layers import SMALL_MAP_PIXELS, Conv, batch_norm, he_fan_out
 
 VGG9_CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
@@ -36,11 +37,14 @@ POOLINGS = (None, "avg", "max")
 class VGG9(nn.Module):
   num_classes: int | None = 100
   cfg: tuple = VGG9_CFG
-  im2col_max_pixels: int = 256  # layers.Conv: im2col for outputs of <= this H*W (docstring)
+  im2col_max_pixels: int | None = None  # im2col for outputs of <= this H*W (see docstring)
   head_name = "head"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False):
+    im2col_px = self.im2col_max_pixels
+    if im2col_px is None:
+      im2col_px = 256 if jax.default_backend() == "cpu" else SMALL_MAP_PIXELS
     feats = {}
     conv_i = pool_i = 0
     for v in self.cfg:
@@ -50,7 +54,7 @@ class VGG9(nn.Module):
         pool_i += 1
         continue
       x = Conv(int(v), (3, 3), padding=1, kernel_init=he_fan_out,
-               small_map_pixels=self.im2col_max_pixels, name=f"conv{conv_i}")(x)
+               small_map_pixels=im2col_px, name=f"conv{conv_i}")(x)
       x = nn.relu(batch_norm(train, f"bn{conv_i}")(x))
       conv_i += 1
     x = jnp.mean(x, axis=(1, 2))
