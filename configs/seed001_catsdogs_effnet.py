@@ -81,8 +81,9 @@ def get_config() -> ml_collections.ConfigDict:
                     "train": {"num_epochs": 3},
                     "input": {"augment": "keras_seed000", "augment_kwargs": CHOLLET_AUG}},
       # as fine_tune, but every BatchNorm (top block included) in inference mode in both stages
-      # (transfer.bn='frozen' runs the whole model with train=False, so the head's dropout is
-      # off too): VGG16 has no BatchNorm, and live BN statistics on batches of 20 hurt above
+      # (transfer.bn='frozen'; the recorded run predates commit "BN frozen keeps dropout on" and
+      # had the head's dropout off too): VGG16 has no BatchNorm, and live BN statistics on
+      # batches of 20 hurt above
       "fine_tune_bn_frozen": {"transfer": {"strategy": "fine_tune", "warmup_epochs": 2,
                                            "unfreeze": (TOP_BLOCK,), "finetune_lr": 1e-5,
                                            "bn": "frozen"},

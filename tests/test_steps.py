@@ -213,3 +213,34 @@ def test_trainable_mask_drops_frozen_backward_and_keeps_updates():
     outs.append(jax.jit(step)(state, batch, jax.random.key(2))[0].params)
   chex.assert_trees_all_close(outs[0], outs[1])
   assert n_convs[1] < n_convs[0]
+
+
+def test_bn_frozen_keeps_dropout_on_for_tl_jax_models():
+  """transfer.bn='frozen' with tl_jax's BatchNorm: statistics used and kept (as train=False) but
+  dropout stays active (it did not before: the whole model ran with train=False)."""
+  from tl_jax.models.cnn import Seed003CNN
+  batch = _batch(n=6, hw=8)
+
+  def run(model, key, bn_frozen=True):
+    v = model.init(jax.random.PRNGKey(1), jnp.zeros((1, 8, 8, 3)))
+    tx = optim.make_optimizer(mc.ConfigDict({"name": "sgd", "lr": 0.1, "schedule": "constant"}),
+                              1, 1, v["params"])
+    copy = lambda t: jax.tree.map(jnp.array, t)  # noqa: E731  (the step donates its state)
+    state = TrainState.create(model.apply, copy(v["params"]), copy(v["batch_stats"]), tx)
+    new, m = steps.make_train_step(model, None, bn_frozen=bn_frozen)(state, batch, key)
+    return v, new, m
+
+  drop = Seed003CNN(num_classes=3, dropout=0.3, batch_norm=True, width=4, fc=8)
+  v, new, m1 = run(drop, jax.random.PRNGKey(0))
+  chex.assert_trees_all_equal(jax.tree.map(np.asarray, new.batch_stats),
+                              jax.tree.map(np.asarray, v["batch_stats"]))
+  _, _, m2 = run(drop, jax.random.PRNGKey(7))
+  assert float(m1["loss"]) != float(m2["loss"])  # different dropout masks -> different losses
+  # Without dropout, the frozen-BN training loss is exactly the inference-mode loss.
+  nodrop = Seed003CNN(num_classes=3, dropout=0.0, batch_norm=True, width=4, fc=8)
+  v, _, m = run(nodrop, jax.random.PRNGKey(0))
+  logits, _ = nodrop.apply(v, batch["image"].astype(jnp.float32) / 255.0, train=False)
+  want = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+  assert float(m["loss"]) == pytest.approx(float(want), rel=1e-6)
+  _, _, m_live = run(nodrop, jax.random.PRNGKey(0), bn_frozen=False)  # batch statistics differ
+  assert float(m_live["loss"]) != pytest.approx(float(want), rel=1e-3)

@@ -20,6 +20,7 @@ from flax import linen as nn
 import jax
 
 from tl_jax.errors import ConfigError
+from tl_jax.models.layers import bn_inference
 
 
 class Seed003CNN(nn.Module):
@@ -41,7 +42,7 @@ class Seed003CNN(nn.Module):
     def unit(x, ch, name):
       x = nn.Conv(ch, (3, 3), padding="SAME", use_bias=not self.batch_norm, name=name)(x)
       if self.batch_norm:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3,
+        x = nn.BatchNorm(use_running_average=bn_inference(train), momentum=0.99, epsilon=1e-3,
                          name=name + "_bn")(x)
       return nn.relu(x)
 
@@ -57,7 +58,7 @@ class Seed003CNN(nn.Module):
       return x, feats
     x = nn.Dense(self.fc, use_bias=not self.batch_norm, name="fc1")(x)
     if self.batch_norm:
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3,
+      x = nn.BatchNorm(use_running_average=bn_inference(train), momentum=0.99, epsilon=1e-3,
                        name="fc1_bn")(x)
     x = nn.relu(x)
     feats["fc1"] = x

@@ -11,8 +11,10 @@ from static shapes at trace time, so it costs nothing under jit.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -127,10 +129,31 @@ class Conv(nn.Module):
     return y
 
 
+_BN_FROZEN = contextvars.ContextVar("tl_jax_bn_frozen", default=False)
+
+
+@contextlib.contextmanager
+def frozen_batch_norm(frozen: bool = True) -> Iterator[None]:
+  """Within this context (at trace time), every tl_jax BatchNorm runs in inference mode — running
+  statistics used and left unchanged — even under `train=True`, while dropout keeps following
+  `train`. This is `transfer.bn='frozen'`: frozen BN statistics without switching dropout off."""
+  token = _BN_FROZEN.set(bool(frozen))
+  try:
+    yield
+  finally:
+    _BN_FROZEN.reset(token)
+
+
+def bn_inference(train: bool) -> bool:
+  """`use_running_average` for a BatchNorm built under `train` (see `frozen_batch_norm`)."""
+  return (not train) or _BN_FROZEN.get()
+
+
 def batch_norm(train: bool, name: str, momentum: float = 0.9,
                epsilon: float = 1e-5) -> nn.BatchNorm:
   """BatchNorm with PyTorch defaults (torch momentum 0.1 == flax momentum 0.9, eps 1e-5)."""
-  return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon, name=name)
+  return nn.BatchNorm(use_running_average=bn_inference(train), momentum=momentum,
+                      epsilon=epsilon, name=name)
 
 
 def count_params(tree: Any) -> int:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+import flax
 import jax
 import jax.numpy as jnp
 import optax
+
+from tl_jax.models.layers import frozen_batch_norm
 
 Batch = dict[str, jax.Array]
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -56,8 +59,9 @@ def make_train_step(model: Any, preprocess_train: Optional[Callable[[jax.Array, 
     A 'mask' in the batch (1 real, 0 padding) weights the mean.
   - `extra_loss(params, aux) -> scalar` is added to the loss, aux = {logits, features, labels,
     images, mask} (for L2-SP, feature matching, ...).
-  - `bn_frozen=True` calls the model with `train=False` (BatchNorm uses and keeps its running
-    statistics; note this also turns dropout off).
+  - `bn_frozen=True` runs every BatchNorm in inference mode (it uses and keeps its running
+    statistics; `tl_jax.models.layers.frozen_batch_norm`) while dropout stays on. Models with
+    their own `nn.BatchNorm` layers fall back to `train=False` (dropout off too).
   - `trainable`: a bool tree like the params (False = frozen). Frozen gradients are replaced by
     zeros before anything reads them, so XLA drops the backward pass below the lowest trainable
     layer (a frozen backbone then costs a forward pass, not a full backward).
@@ -83,7 +87,13 @@ def make_train_step(model: Any, preprocess_train: Optional[Callable[[jax.Array, 
       if has_bn:
         variables["batch_stats"] = state.batch_stats
       if bn_frozen or not has_bn:
-        out = model.apply(variables, x, train=not bn_frozen, rngs={"dropout": dropout_key})
+        try:  # tl_jax's BatchNorms in inference mode, dropout still on
+          with frozen_batch_norm(bn_frozen):
+            out = model.apply(variables, x, train=True, rngs={"dropout": dropout_key})
+        except flax.errors.ModifyScopeVariableError:
+          # a model with its own nn.BatchNorm (not tl_jax.models.layers.batch_norm) tried to
+          # update its statistics: freeze them the only way it allows, train=False (no dropout)
+          out = model.apply(variables, x, train=False, rngs={"dropout": dropout_key})
         new_bs = state.batch_stats
       else:
         out, mutated = model.apply(variables, x, train=True, mutable=["batch_stats"],
