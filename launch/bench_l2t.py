@@ -73,21 +73,9 @@ def hardware_slug() -> str:
   return dev.device_kind.lower().replace(" ", "-")
 
 
-def time_fn(fn, state, batch, key, warmup, n):
-  for _ in range(warmup):
-    state, m = fn(state, batch, key)
-  jax.block_until_ready(state)
-  times = []
-  for _ in range(n):
-    t = time.perf_counter()
-    state, m = fn(state, batch, key)
-    jax.block_until_ready((state, m))
-    times.append(time.perf_counter() - t)
-  return np.asarray(times)
-
-
-def time_torch(step, warmup: int, n: int) -> np.ndarray:
-  """Median-able wall times of `step()` (torch CPU ops are synchronous)."""
+def time_calls(step, warmup: int, n: int) -> np.ndarray:
+  """Wall times of n calls of `step()` after `warmup` calls; `step` must return only when its
+  work is done (JAX: block_until_ready inside; torch CPU ops are synchronous)."""
   for _ in range(warmup):
     step()
   times = []
@@ -96,6 +84,16 @@ def time_torch(step, warmup: int, n: int) -> np.ndarray:
     step()
     times.append(time.perf_counter() - t)
   return np.asarray(times)
+
+
+def jax_step(fn, state, batch, key):
+  """A no-argument closure advancing `state` by one donated, jitted step and waiting for it."""
+  box = [state]
+
+  def step():
+    box[0], m = fn(box[0], batch, key)
+    jax.block_until_ready((box[0], m))
+  return step
 
 
 def torch_augment(images, gen):
@@ -187,7 +185,7 @@ def main(argv=None):
     if method in TORCH_METHODS:
       step = torch_step_fn(method, batch, target, source, t_vars, s_vars, pairs, key,
                            args.torch_threads)
-      times = time_torch(step, args.warmup, args.steps)
+      times = time_calls(step, args.warmup, args.steps)
     elif method == "plain":
       cfg = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
              "schedule": "constant"}
@@ -201,7 +199,7 @@ def main(argv=None):
       fn = kt.l2t_iteration
     if method not in TORCH_METHODS:
       state = jax.tree.map(jnp.array, state)  # fresh buffers (the step donates its input)
-      times = time_fn(fn, state, batch, key, args.warmup, args.steps)
+      times = time_calls(jax_step(fn, state, batch, key), args.warmup, args.steps)
     med = float(np.median(times))
     results[method] = {"median_s": med, "iqr_s": float(np.subtract(*np.percentile(times, [75, 25]))),
                        "images_per_s": args.batch / med, "times_s": times.tolist(),
