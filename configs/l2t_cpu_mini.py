@@ -39,6 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.progress = False
   c.sweep.n_per_class = (10,)
   c.sweep.seeds = 3
+  c.sweep.seeds_per_unit = 1  # seeds per compiled program (0 = all pending seeds of a cell)
   if arg == "n50":
     c.train.num_epochs = 6
     c.sweep.n_per_class = (50,)

@@ -77,4 +77,5 @@ def get_config(dataset: str = "cifar10") -> ml_collections.ConfigDict:
   c.sweep.methods = ("scratch", "ufm", "l2t_ww", "l2t_www")
   c.sweep.n_per_class = N_PER_CLASS[dataset]
   c.sweep.seeds = 30
+  c.sweep.seeds_per_unit = 0  # seeds per compiled program (0 = all pending seeds of a cell)
   return c

@@ -70,7 +70,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.compare.order = ("scratch", "frozen_backbone", "fine_tune", "full_fine_tune",
                      "feature_extraction", "scratch_sgd", "l2t_ww", "l2t_www")
   c.compare.seeds = (0, 1, 2)
-  c.compare.vmap_seeds = True  # single-stage methods: all seeds in one vmapped program
   c.compare.reference = "scratch"
   c.compare.references = ml_collections.ConfigDict({"l2t_ww": "scratch_sgd",
                                                      "l2t_www": "scratch_sgd"})

@@ -8,7 +8,8 @@
   # then tables and figures:
   python -m tl_jax.analysis.report --runs runs/<exp> --out results/<exp>
 
-Each cell calls `tl_jax.experiment.train_and_evaluate(config, workdir)` (or --run_cell=mod:fn).
+The pending seeds of each (method, N) run as one compiled program (`tl_jax.experiment.run_seeds`);
+`--config.sweep.seeds_per_unit=1` makes every seed its own unit (kept as soon as it finishes).
 """
 
 from __future__ import annotations
@@ -34,8 +35,6 @@ _NUM_HOSTS = flags.DEFINE_integer("num_hosts", 1, "Hosts sharing the grid round-
 _PRINT = flags.DEFINE_bool("print_commands", False, "Print one command per host and exit.")
 _DRY = flags.DEFINE_bool("dry_run", False, "List the cells this host would run and exit.")
 _KEEP = flags.DEFINE_bool("keep_going", True, "Log a failing cell and continue (exit 1 at end).")
-_RUN_CELL = flags.DEFINE_string("run_cell", None, "module:function to run one cell "
-                                "(default tl_jax.experiment:train_and_evaluate).")
 
 
 def main(argv):
@@ -49,15 +48,14 @@ def main(argv):
       cells = grid.expand_grid(config, _WORKDIR.value)  # validates the grid before printing
       overrides = [f"--config.{k}={v}"
                    for k, v in config_flags.get_override_values(flags.FLAGS["config"]).items()]
-      extra = overrides + ([f"--run_cell={_RUN_CELL.value}"] if _RUN_CELL.value else [])
+      extra = overrides
       for cmd in grid.host_commands(config_flags.get_config_filename(flags.FLAGS["config"]),
                                     _WORKDIR.value, _NUM_HOSTS.value, extra,
                                     script=os.path.relpath(__file__), python="python"):
         print(cmd)
       print(f"# {len(cells)} cells over {_NUM_HOSTS.value} host(s)", file=sys.stderr)
       return 0
-    run_cell = grid.load_run_cell(_RUN_CELL.value) if not _DRY.value else None
-    rep = grid.run_grid(config, _WORKDIR.value, run_cell, _HOST.value, _NUM_HOSTS.value,
+    rep = grid.run_grid(config, _WORKDIR.value, None, _HOST.value, _NUM_HOSTS.value,
                         keep_going=_KEEP.value, dry_run=_DRY.value)
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)

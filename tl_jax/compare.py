@@ -2,8 +2,9 @@
 `config.compare.methods` for every seed, and print/write a mean ± std table with Mann-Whitney
 p-values against the reference method.
 
-Each run is an ordinary `train_and_evaluate` in `workdir/runs/<method>/n<N>/seed<S>`; finished
-runs (summary.json present) are skipped, so an interrupted comparison resumes where it stopped.
+Each method's unfinished seeds run as one compiled program (`tl_jax.experiment.run_seeds`), one
+workdir per seed, `workdir/runs/<method>/n<N>/seed<S>`; finished runs (summary.json present) are
+skipped, so an interrupted comparison resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import numpy as np
 
 from tl_jax import experiment
 from tl_jax.errors import ConfigError
-from tl_jax.sweep import cells
 from tl_jax.train import jsonl
 
 
@@ -57,7 +57,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Any) -> ml_col
 def _run(cfg, wd: pathlib.Path) -> dict[str, Any]:
   done = wd / experiment.SUMMARY_FILE
   if done.exists():
-    logging.info("skipping finished run %s", wd)
+    logging.info("finished earlier, not rerun: %s", wd)
     return jsonl.read_json(done)
   return experiment.train_and_evaluate(cfg, wd)
 
@@ -94,11 +94,11 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str | os.PathLike
       cfgs.append(cfg)
       dirs.append(wd / "runs" / method / f"n{int(cfg.data.n_per_class)}" / f"seed{seed}")
     todo = [i for i, d in enumerate(dirs) if not (d / experiment.SUMMARY_FILE).exists()]
-    if c.get("vmap_seeds") and len(todo) > 1 and cells.can_vmap(cfgs[todo[0]]):
-      print(f"[tl_jax] {method}: {len(todo)} seeds in one vmapped program", flush=True)
-      cells.run_seeds(cfgs[todo[0]], [cfgs[i].seed for i in todo], [dirs[i] for i in todo])
+    if todo:
+      print(f"[tl_jax] {method}: {len(todo)} seed(s) in one program", flush=True)
+      experiment.run_seeds(cfgs[todo[0]], [cfgs[i].seed for i in todo], [dirs[i] for i in todo])
     for cfg, run_dir in zip(cfgs, dirs):
-      s = _run(cfg, run_dir)
+      s = jsonl.read_json(run_dir / experiment.SUMMARY_FILE)
       s["method"] = method
       jsonl.write_json_atomic(run_dir / experiment.SUMMARY_FILE, s)
       print(f"[tl_jax] {method:>20s} seed {cfg.seed}: test accuracy {s['test_accuracy']:.4f}",

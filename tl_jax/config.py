@@ -71,6 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 10
   c.train.progress = True
   c.train.label_smoothing = 0.0
+  # How the K seeds of one program run: 'vmap' (in parallel), 'map' (one after another inside
+  # the compiled program) or 'auto' (map on CPU, vmap on GPU/TPU; results/benchmarks/README.md).
+  c.train.seed_loop = "auto"
 
   # Transfer strategy (tl_jax.transfer.strategies) and where the initial weights come from.
   c.transfer = ml_collections.ConfigDict()

@@ -1,33 +1,45 @@
-"""`train_and_evaluate(config, workdir)`: one run of one configuration, end to end.
+"""The one orchestrator of a run: `run_seeds(config, seeds, workdirs)` trains K seeds of one
+configuration as one compiled program; `train_and_evaluate(config, workdir)` is K = 1.
 
-Data (load, sample N per class with the run's seed, carve val) -> model (+ head) -> initial weights
-(scratch or a source) -> the strategy's stages (tl_jax.transfer.strategies) through the jitted
-train step and the fit loop -> best-on-validation state evaluated on test -> summary.json,
-metrics.jsonl, curves and a confusion matrix in the workdir. Knowledge-transfer methods
-(config.kt.method) run the L2T iteration instead of the plain step.
+Data (load; each seed draws its own N per class; the validation / test carve is fixed by
+data.split_seed) -> model (+ head) -> each seed's initial weights (scratch, or the source's
+grafted in) -> the method's learner and segments (tl_jax.engine.learners; a two-stage method is
+two segments) -> `tl_jax.engine.fit` -> the best-on-validation variables evaluated on every split
+-> per seed: summary.json, metrics.jsonl, history.json, weights, curves and a confusion matrix.
+
+Every method family goes through here: supervised strategies, feature extraction (a learner on
+cached backbone features) and UFM / L2T-ww / L2T-www (config.kt.method). A config field that the
+chosen method does not honour is an error (`check_honoured`), never silently ignored.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pathlib
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from tl_jax import models
 from tl_jax.analysis import traces
+from tl_jax.config import base_config
 from tl_jax.data import augment, sampling
 from tl_jax.data.sources import load_dataset
-from tl_jax.data.types import DataSplits
-from tl_jax.errors import ConfigError
-from tl_jax.train import jsonl, loop, masks, optim, steps
-from tl_jax.train.state import TrainState
-from tl_jax.transfer import heads, init as tinit, strategies
+from tl_jax.data.types import ArrayDataset, DataSplits
+from tl_jax.engine import fit as engine
+from tl_jax.engine.learners import FeatureMatchingLearner, FlatHead, SupervisedLearner
+from tl_jax.errors import ConfigError, check_choice
+from tl_jax.kt import matching
+from tl_jax.kt.bilevel import KnowledgeTransfer, KTConfig, METHODS as KT_METHODS
+from tl_jax.kt.pairs import feature_shapes, parse_pairs
+from tl_jax.train import jsonl, masks, optim
+from tl_jax.transfer import features, heads, init as tinit, strategies
 
 SUMMARY_FILE = "summary.json"
 
@@ -45,6 +57,85 @@ def check_workdir(workdir: str | os.PathLike) -> pathlib.Path:
   return p
 
 
+# ----------------------------------------------------------------------------- config checks
+
+# Fields honoured only by some methods: (field, methods that read it). A field set away from
+# its base_config() default under another method is an error, never silently ignored.
+_KT = ("ufm", "l2t_ww", "l2t_www")
+_HONOURED = (
+    ("transfer.unfreeze", ("fine_tune",)),
+    ("transfer.warmup_epochs", ("fine_tune",)),
+    ("transfer.finetune_lr", ("fine_tune",)),
+    ("kt.beta", _KT),
+    ("kt.pairs", _KT),
+    ("kt.source_model", _KT),
+    ("kt.source_num_classes", _KT),
+    ("kt.source_weights", _KT),
+    ("kt.source_kind", _KT),
+    ("kt.source_kwargs", _KT),
+    ("kt.inner_steps", ("l2t_ww", "l2t_www")),
+    ("kt.meta_lr", ("l2t_ww", "l2t_www")),
+    ("kt.meta_weight_decay", ("l2t_ww", "l2t_www")),
+)
+
+
+def method_name(config: ml_collections.ConfigDict) -> str:
+  return config.kt.method if config.kt.method != "none" else config.transfer.strategy
+
+
+def _get_field(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  node: Any = config
+  for p in dotted.split("."):
+    node = node[p]
+  return node.to_dict() if isinstance(node, ml_collections.ConfigDict) else node
+
+
+def check_honoured(config: ml_collections.ConfigDict) -> None:
+  """ConfigError for a field the chosen method would not read (see `_HONOURED`)."""
+  check_choice("kt.method", config.kt.method, ("none",) + KT_METHODS[1:])
+  check_choice("transfer.strategy", config.transfer.strategy, strategies.STRATEGIES)
+  method = method_name(config)
+  base = base_config()
+  for field, methods in _HONOURED:
+    value, default = _get_field(config, field), _get_field(base, field)
+    if isinstance(value, list):
+      value = tuple(value)
+    if isinstance(default, list):
+      default = tuple(default)
+    if method not in methods and value != default and not (field.startswith("kt.") and
+                                                           method in _KT):
+      raise ConfigError(field, value, hint=f"method {method!r} does not use it (only "
+                        f"{', '.join(methods)}); leave it at {default!r}")
+  if config.kt.method != "none":
+    if config.transfer.strategy not in ("scratch", "full_fine_tune"):
+      raise ConfigError("transfer.strategy", config.transfer.strategy,
+                        ["scratch", "full_fine_tune"],
+                        hint=f"kt.method {config.kt.method!r} trains the whole target")
+    if float(config.train.label_smoothing):
+      raise ConfigError("train.label_smoothing", config.train.label_smoothing, [0.0],
+                        hint=f"kt.method {config.kt.method!r} matches the authors' plain CE")
+  if config.transfer.strategy == "feature_extraction" and config.input.augment != "none":
+    raise ConfigError("input.augment", config.input.augment, ["none"],
+                      hint="feature_extraction caches the backbone's features once; "
+                      "augmentation would be ignored")
+
+
+def fit_config(config: ml_collections.ConfigDict, batch_size: int) -> engine.FitConfig:
+  """The engine's view of config.train (batch clamped to the training sample)."""
+  t = config.train
+  loop = t.get("seed_loop", "auto")
+  return engine.FitConfig(
+      batch_size=batch_size, eval_batch_size=int(t.eval_batch_size),
+      drop_last=bool(t.drop_last), monitor=str(t.monitor),
+      patience=int(t.early_stopping.patience), min_delta=float(t.early_stopping.min_delta),
+      rl_patience=int(t.reduce_lr.patience), rl_factor=float(t.reduce_lr.factor),
+      rl_min_lr=float(t.reduce_lr.min_lr), checkpoint_every=int(t.checkpoint_every or 0),
+      seed_loop=engine.default_seed_loop() if loop == "auto" else str(loop),
+      progress=bool(t.progress))
+
+
+# ----------------------------------------------------------------------------- data
+
 def data_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The loader spec of config.data without its unset (0 / '' / None) fields."""
   d = config.data.to_dict()
@@ -56,26 +147,37 @@ def data_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return spec
 
 
-def prepare_data(config: ml_collections.ConfigDict) -> DataSplits:
-  """Loads the splits and draws the run's training sample (seeded by config.seed)."""
+def load_splits(config: ml_collections.ConfigDict) -> DataSplits:
+  """The train pool, the fixed validation carve and the test split."""
   loaded = load_dataset(data_spec(config))
   splits = loaded if isinstance(loaded, DataSplits) else DataSplits(loaded)
-  train = splits.train
-  n = int(config.data.n_per_class)
-  seed = int(config.seed)
-  if config.data.imbalance:
-    minority, n_min = config.data.imbalance
-    if not n:
-      raise ConfigError("data.n_per_class", n, hint="data.imbalance needs the majority size")
-    train = train.subset(sampling.imbalanced(train.labels, (tuple(minority), int(n_min), n), seed))
-  elif n:
-    train = train.subset(sampling.sample_per_class(train.labels, n, seed))
   if splits.val is None:
     raise ConfigError("data.val_per_class", config.data.val_per_class,
                       hint="a validation split is needed (early stopping / best epoch never use "
                       "test): give data.val or data.val_per_class > 0")
-  return DataSplits(train, splits.val, splits.test)
+  return splits
 
+
+def train_draw(config: ml_collections.ConfigDict, pool: ArrayDataset, seed: int) -> np.ndarray:
+  """Indices into the pool of seed `seed`'s training sample (N per class, or imbalanced)."""
+  n = int(config.data.n_per_class)
+  if config.data.imbalance:
+    minority, n_min = config.data.imbalance
+    if not n:
+      raise ConfigError("data.n_per_class", n, hint="data.imbalance needs the majority size")
+    return sampling.imbalanced(pool.labels, (tuple(minority), int(n_min), n), int(seed))
+  if n:
+    return sampling.sample_per_class(pool.labels, n, int(seed))
+  return np.arange(len(pool))
+
+
+def prepare_data(config: ml_collections.ConfigDict) -> DataSplits:
+  """The splits with config.seed's training sample (what one seed trains on)."""
+  s = load_splits(config)
+  return DataSplits(s.train.subset(train_draw(config, s.train, int(config.seed))), s.val, s.test)
+
+
+# ----------------------------------------------------------------------------- model
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
   """(model, head regex): the registry model, or a headless backbone + a seed-document head."""
@@ -88,136 +190,219 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
   return heads.Classifier(backbone, head), r"^head/"
 
 
-def init_variables(config, model, image_shape, rng) -> tuple[dict[str, Any], list[str]]:
-  """Fresh variables, then (for transfer strategies) the source's weights grafted in."""
-  x = np.zeros((1,) + tuple(image_shape), np.float32)
-  variables = jax.jit(lambda k: model.init({"params": k, "dropout": k}, x, train=False))(rng)
-  variables = dict(variables)
+def _backbone_of(model):
+  return model.backbone if isinstance(model, heads.Classifier) else model.clone(num_classes=None)
+
+
+def load_source_variables(config: ml_collections.ConfigDict, model) -> dict[str, Any] | None:
+  """The transfer source's variables (None for scratch / no source)."""
   t = config.transfer
   if t.strategy == "scratch" or (not t.init_from and t.init_kind == "tl_jax"):
+    return None
+  return tinit.load_source(t.init_kind, t.init_from, backbone=_backbone_of(model))
+
+
+def init_variables(config, model, image_shape, rng, source: dict[str, Any] | None = None
+                   ) -> tuple[dict[str, Any], list[str]]:
+  """Fresh variables from `rng`, then the source's weights grafted in (all but the head)."""
+  x = np.zeros((1,) + tuple(image_shape), np.float32)
+  variables = dict(jax.jit(lambda k: model.init({"params": k, "dropout": k}, x, train=False))(rng))
+  if source is None:
     return variables, []
-  backbone = model.backbone if isinstance(model, heads.Classifier) else model.clone(
-      num_classes=None)
-  source = tinit.load_source(t.init_kind, t.init_from, backbone=backbone)
   head_prefix = ("head/",) if isinstance(model, heads.Classifier) else (
       type(model).head_name + "/",)
   return tinit.graft(variables, source, skip_prefixes=head_prefix)
 
 
-def _fit_cfg(config, num_epochs: int, base_lr: float | None = None) -> dict[str, Any]:
-  """The fit-loop config; reduce_lr.min_lr is an absolute LR (Keras semantics) of base_lr."""
-  t = config.train
-  es, rl = t.early_stopping, t.reduce_lr
-  return {
-      "num_epochs": num_epochs, "batch_size": t.batch_size, "eval_batch_size": t.eval_batch_size,
-      "drop_last": t.drop_last, "monitor": t.monitor, "progress": t.progress,
-      "checkpoint_every": t.checkpoint_every,
-      "early_stopping": {"patience": None if es.patience < 0 else es.patience,
-                         "min_delta": es.min_delta},
-      "reduce_lr": {"patience": None if rl.patience < 0 else rl.patience, "factor": rl.factor,
-                    "min_lr": rl.min_lr, "base_lr": float(base_lr or config.optimizer.lr)},
-  }
+def _stack(trees: Sequence[Any]) -> Any:
+  return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
 
 
-def _effective_batch(config, n_train: int) -> int:
-  bs = int(config.train.batch_size)
-  if bs <= 0:
-    raise ConfigError("train.batch_size", bs, "a positive int")
-  return min(bs, n_train)
+# ----------------------------------------------------------------------------- methods
+
+def _supervised_segments(config, model, head_rx, params, spe: int) -> list[engine.Segment]:
+  segs = []
+  aug, pre = augment.make_augment(config.input), augment.make_preprocess(config.input)
+  for stage in strategies.make_stages(config, head_rx):
+    tx = optim.make_optimizer(stage.optimizer, spe, stage.num_epochs, params)
+    frozen = masks.frozen_mask(params, tuple(stage.optimizer.frozen))
+    learner = SupervisedLearner(model, tx, aug, pre,
+                                label_smoothing=float(config.train.label_smoothing),
+                                bn_frozen=stage.bn_frozen,
+                                trainable=jax.tree.map(lambda f: not f, frozen))
+    logging.info("stage %s: %d epochs; %s", stage.name, stage.num_epochs,
+                 masks.describe_trainable(params, tuple(stage.optimizer.frozen)))
+    segs.append(engine.Segment(stage.name, int(stage.num_epochs), learner,
+                               float(stage.optimizer.lr),
+                               optim.make_lr_fn(stage.optimizer, spe, stage.num_epochs)))
+  return segs
 
 
-def steps_per_epoch(config, n_train: int) -> int:
-  bs = int(config.train.batch_size)
-  return n_train // bs if config.train.drop_last else -(-n_train // bs)
+def _kt_setup(config, target, t_vars, image_shape, spe: int):
+  """(segment, source variables, KnowledgeTransfer) of a UFM / L2T-ww / L2T-www run."""
+  k = config.kt
+  kcfg = KTConfig(method=k.method, beta=float(k.beta), inner_steps=int(k.inner_steps),
+                  meta_lr=float(k.meta_lr), meta_weight_decay=float(k.meta_weight_decay),
+                  bn_frozen=config.transfer.bn == "frozen")
+  source = models.create_model(k.source_model, int(k.source_num_classes),
+                               **k.source_kwargs.to_dict())
+  s_vars = tinit.load_source(k.source_kind, k.source_weights, backbone=source)
+  pairs = parse_pairs(k.pairs, feature_shapes(source, s_vars, image_shape),
+                      feature_shapes(target, t_vars, image_shape))
+  logging.info("kt %s: %d pairs %s", k.method, len(pairs), [p.key for p in pairs])
+  epochs = int(config.train.num_epochs)
+  regressors = jax.eval_shape(lambda: matching.init_regressors(pairs, jax.random.PRNGKey(0)))
+  tx = optim.make_optimizer(config.optimizer, spe, epochs, t_vars["params"],
+                            extra_params=regressors)
+  schedule = optim.make_schedule(config.optimizer, spe, epochs)
+  kt = KnowledgeTransfer(source, target, pairs, kcfg, schedule,
+                         preprocess=augment.make_augment(config.input), tx=tx)
+  learner = FeatureMatchingLearner(kt, augment.make_preprocess(config.input))
+  seg = engine.Segment("train", epochs, learner, float(config.optimizer.lr),
+                       optim.make_lr_fn(config.optimizer, spe, epochs))
+  return seg, s_vars, kt
+
+
+def group_checkpoint_dir(seeds: Sequence[int], workdirs: Sequence[pathlib.Path]) -> pathlib.Path:
+  """Where a K-seed program keeps its checkpoints: the run's own workdir for K = 1, else a
+  folder named for the seed group beside the seeds' workdirs."""
+  if len(seeds) == 1:
+    return workdirs[0] / "checkpoints"
+  tag = "-".join(str(s) for s in seeds)
+  if len(seeds) > 8:
+    tag = f"{seeds[0]}-{seeds[-1]}_k{len(seeds)}_" + hashlib.sha1(tag.encode()).hexdigest()[:8]
+  return workdirs[0].parent / f"checkpoints_seeds-{tag}"
+
+
+def run_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
+              workdirs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
+  """Trains every seed of `config` in one compiled program; writes and returns the summaries.
+
+  `config.seed` is ignored: seed i of `seeds` writes to `workdirs[i]`. Seed s gives the same
+  numbers alone or among others, under vmap or lax.map, on one device or several.
+  """
+  t0 = time.time()
+  seeds = [int(s) for s in seeds]
+  if len(seeds) != len(workdirs) or not seeds:
+    raise ConfigError("seeds", seeds, hint=f"one workdir per seed ({len(workdirs)} given)")
+  if len(set(seeds)) != len(seeds):
+    raise ConfigError("seeds", seeds, hint="duplicates")
+  check_honoured(config)
+  wds = [check_workdir(w) for w in workdirs]
+  for s, wd in zip(seeds, wds):
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.seed = s
+    jsonl.write_text_atomic(wd / "config.json", c.to_json_best_effort(indent=2, sort_keys=True)
+                            + "\n")
+  splits = load_splits(config)
+  pool, val, test = splits.train, splits.val, splits.test
+  num_classes = splits.num_classes
+  train_idx = np.stack([train_draw(config, pool, s) for s in seeds]).astype(np.int32)
+  n_train = train_idx.shape[1]
+  bs = min(int(config.train.batch_size), n_train)
+  if int(config.train.batch_size) <= 0:
+    raise ConfigError("train.batch_size", config.train.batch_size, "a positive int")
+  cfg = fit_config(config, bs)
+  spe = engine.steps_per_epoch(n_train, bs, cfg.drop_last)
+  parts = [pool, val] + ([test] if test is not None else [])
+  offsets = np.cumsum([0] + [len(p) for p in parts])
+  split_idx = {"val": np.arange(offsets[1], offsets[2])}
+  if test is not None:
+    split_idx["test"] = np.arange(offsets[2], offsets[3])
+  images = np.concatenate([p.images for p in parts])
+  labels = np.concatenate([p.labels for p in parts]).astype(np.int32)
+
+  model, head_rx = build_model(config, num_classes)
+  image_shape = pool.image_shape
+  if config.input.resize:
+    image_shape = tuple(config.input.resize) + image_shape[-1:]
+  source = load_source_variables(config, model)
+  per_seed = [init_variables(config, model, image_shape, engine.seed_key(s, "init"), source)
+              for s in seeds]
+  copied = per_seed[0][1]
+  variables = _stack([v for v, _ in per_seed])
+  consts, kt, eval_model = None, None, model
+  strategy = config.transfer.strategy
+  if config.kt.method != "none":
+    seg, consts, kt = _kt_setup(config, model, per_seed[0][0], image_shape, spe)
+    segments = [seg]
+  elif strategy == "feature_extraction":
+    pre = augment.make_preprocess(config.input)
+    feats = features.extract(model, per_seed[0][0], images, pre)
+    logging.info("cached features: %s", feats.shape)
+    images = feats[:, None, None, :].astype(np.float32)
+    head_name = config.model.head if config.model.head != "default" else "linear"
+    head = heads.make_head(head_name, num_classes, **config.model.head_kwargs.to_dict())
+    eval_model = FlatHead(head)
+    x = jnp.zeros((1, feats.shape[1]))
+    variables = _stack([dict(head.init({"params": k, "dropout": k}, x, train=False))
+                        for k in (engine.seed_key(s, "init") for s in seeds)])
+    opt = ml_collections.ConfigDict(config.optimizer.to_dict())
+    tx = optim.make_optimizer(opt, spe, int(config.train.num_epochs),
+                              jax.tree.map(lambda x: x[0], variables["params"]))
+    learner = SupervisedLearner(eval_model, tx, lambda key, x: x, lambda x: x,
+                                label_smoothing=float(config.train.label_smoothing))
+    segments = [engine.Segment("head", int(config.train.num_epochs), learner, float(opt.lr),
+                               optim.make_lr_fn(opt, spe, int(config.train.num_epochs)))]
+  else:
+    segments = _supervised_segments(config, model, head_rx, per_seed[0][0]["params"], spe)
+
+  recorders = [traces.TraceRecorder(wd) for wd in wds]
+  if kt is not None:
+    probe = augment.make_preprocess(config.input)(jnp.asarray(val.images[:16]))
+    meta_fn = jax.jit(lambda st, im: kt.meta_outputs(st, im, consts))
+    recorders = [traces.TraceRecorder(wd, meta_fn, probe, kt.config.method) for wd in wds]
+  data = engine.SeedData(images, labels, train_idx, split_idx["val"], num_classes)
+  ckpt_dir = group_checkpoint_dir(seeds, wds)
+  logging.info("%s: %d seed(s) %s as one program (%s)", method_name(config), len(seeds), seeds,
+               cfg.seed_loop)
+  res = engine.fit(segments, data, seeds, variables, cfg, wds, consts=consts,
+                   checkpoint_dir=ckpt_dir,
+                   on_epoch_end=lambda i, st, r: recorders[i](st, r),
+                   desc=f"{method_name(config)} x{len(seeds)}")
+  learner = segments[-1].learner
+  results = {"train": engine.evaluate(learner, res.variables, images, labels, train_idx,
+                                      num_classes, cfg.eval_batch_size, cfg.seed_loop)}
+  for name, idx in split_idx.items():
+    results[name] = engine.evaluate(learner, res.variables, images, labels, idx, num_classes,
+                                    cfg.eval_batch_size, cfg.seed_loop)
+  out = []
+  final = jax.device_get(res.variables)
+  for i, (s, wd) in enumerate(zip(seeds, wds)):
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.seed = s
+    v = jax.tree.map(lambda x, i=i: x[i], final)
+    if not jax.tree.leaves(v.get("batch_stats", {})):
+      v.pop("batch_stats", None)
+    tinit.save_variables(wd, v, {"model": config.model.to_dict(), "num_classes": num_classes,
+                                 "class_names": list(splits.class_names)})
+    res_i = {n: r[i] for n, r in results.items()}
+    summary = run_summary(c, res_i, res.histories[i], copied, (time.time() - t0) / len(seeds),
+                          splits.class_names, n_train)
+    summary.update({"seeds_in_program": len(seeds), "seed_loop": cfg.seed_loop})
+    jsonl.write_json_atomic(wd / "history.json", res.histories[i])
+    jsonl.write_json_atomic(wd / SUMMARY_FILE, summary)
+    _figures(wd, res.histories[i], res_i, splits.class_names)
+    out.append(summary)
+  return out
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
-  """Runs `config` in `workdir`; returns (and writes) the summary with test metrics.
-
-  The run's full config is written first to `workdir/config.json` (provenance of every number)."""
-  jsonl.write_text_atomic(check_workdir(workdir) / "config.json",
-                          config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-  if config.kt.method != "none":
-    from tl_jax.kt import experiment as kt_experiment
-    return kt_experiment.train_and_evaluate(config, workdir)
-  wd = check_workdir(workdir)
-  t_start = time.time()
-  splits = prepare_data(config)
-  num_classes = splits.num_classes
-  model, head_rx = build_model(config, num_classes)
-  rng = jax.random.key(int(config.seed))
-  init_rng, train_rng = jax.random.split(rng)
-  image_shape = splits.train.image_shape
-  if config.input.resize:
-    image_shape = tuple(config.input.resize) + image_shape[-1:]
-  variables, copied = init_variables(config, model, image_shape, init_rng)
-  stage_list = strategies.make_stages(config, head_rx)
-  if config.transfer.strategy == "feature_extraction":
-    from tl_jax.transfer import features
-    return features.run(config, wd, splits, model, variables, stage_list[0], train_rng, copied)
-
-  aug = augment.make_augment(config.input)
-  pre = augment.make_preprocess(config.input)
-  eval_step = steps.make_eval_step(model, pre)
-  config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy for the batch clamp
-  config.train.batch_size = _effective_batch(config, len(splits.train))
-  params, batch_stats = variables["params"], variables.get("batch_stats", {})
-  history: list[dict[str, Any]] = []
-  state = None
-  for i, stage in enumerate(stage_list):
-    spe = steps_per_epoch(config, len(splits.train))
-    tx = optim.make_optimizer(stage.optimizer, spe, stage.num_epochs, params)
-    names = masks.trainable_names(params, tuple(stage.optimizer.frozen))
-    logging.info("stage %s: %d epochs; trainable %s; frozen %s", stage.name, stage.num_epochs,
-                 names["trainable"], names["frozen"])
-    state = TrainState.create(model.apply, params, batch_stats, tx)
-    frozen = masks.frozen_mask(params, tuple(stage.optimizer.frozen))
-    train_step = steps.make_train_step(model, aug, label_smoothing=config.train.label_smoothing,
-                                       bn_frozen=stage.bn_frozen,
-                                       trainable=jax.tree.map(lambda f: not f, frozen))
-    stage_dir = wd if len(stage_list) == 1 else wd / f"stage{i}_{stage.name}"
-    stage_dir.mkdir(exist_ok=True)
-    state, hist = loop.fit(state, train_step, eval_step, splits.train, splits.val,
-                           _fit_cfg(config, stage.num_epochs, stage.optimizer.lr), stage_dir,
-                           jax.random.fold_in(train_rng, i),
-                           lr_fn=optim.make_lr_fn(stage.optimizer, spe, stage.num_epochs),
-                           num_classes=num_classes, on_epoch_end=traces.TraceRecorder(stage_dir))
-    offset = len(history)
-    history += [dict(h, stage=stage.name, stage_epoch=h["epoch"], epoch=offset + h["epoch"])
-                for h in hist]
-    params, batch_stats = state.params, state.batch_stats
-  return finish(config, wd, model, state, eval_step, splits, history, copied, t_start)
+  """Runs `config` (its `seed`) in `workdir`; returns (and writes) the summary with test metrics.
+  The run's full config is written first to `workdir/config.json`."""
+  return run_seeds(config, [int(config.seed)], [workdir])[0]
 
 
-def finish(config, wd: pathlib.Path, model, state, eval_step, splits: DataSplits,
-           history: list[dict[str, Any]], copied: list[str], t_start: float) -> dict[str, Any]:
-  """Evaluates the best-on-validation state on every split; writes summary, weights, figures."""
-  results = {}
-  for name, ds in splits.items():
-    results[name] = loop.evaluate(state, eval_step, ds, config.train.eval_batch_size,
-                                  num_classes=splits.num_classes)
-  variables = {"params": state.params}
-  if state.batch_stats:
-    variables["batch_stats"] = state.batch_stats
-  tinit.save_variables(wd, variables, {"model": config.model.to_dict(),
-                                       "num_classes": splits.num_classes,
-                                       "class_names": list(splits.class_names)})
-  summary = run_summary(config, results, history, copied, time.time() - t_start, splits)
-  jsonl.write_json_atomic(wd / "history.json", history)
-  jsonl.write_json_atomic(wd / SUMMARY_FILE, summary)
-  _figures(wd, history, results, splits.class_names)
-  return summary
-
-
-def run_summary(config, results, history, copied, wall_s, splits) -> dict[str, Any]:
+def run_summary(config, results, history, copied, wall_s, class_names, train_size
+                ) -> dict[str, Any]:
   """The per-run record tl_jax.analysis.report aggregates (one file per run)."""
   best = [h for h in history if h.get("is_best")]
   s = {
       "name": config.name, "method": method_name(config), "model": config.model.name,
       "dataset": str(config.data.get("train") or config.data.get("root") or config.data.source),
       "n_per_class": int(config.data.n_per_class), "seed": int(config.seed),
-      "strategy": config.transfer.strategy, "num_classes": splits.num_classes,
-      "train_size": _size(splits.train), "best_epoch": best[-1]["epoch"] if best else None,
+      "strategy": config.transfer.strategy, "num_classes": len(class_names),
+      "train_size": int(train_size), "best_epoch": best[-1]["epoch"] if best else None,
       "epochs_run": len(history), "wall_s": wall_s, "num_copied_from_source": len(copied),
       "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
   }
@@ -234,14 +419,6 @@ def run_summary(config, results, history, copied, wall_s, splits) -> dict[str, A
     pca = np.asarray(results["test"]["per_class_accuracy"], np.float64)
     s["minority_accuracy"] = float(pca[minority].mean())
   return s
-
-
-def _size(ds) -> int:
-  return len(ds["label"]) if isinstance(ds, dict) else len(ds)
-
-
-def method_name(config) -> str:
-  return config.kt.method if config.kt.method != "none" else config.transfer.strategy
 
 
 def _figures(wd: pathlib.Path, history, results, class_names) -> None:

@@ -1,6 +1,6 @@
 """What changes during training, recorded per epoch for the thesis's Fig. 35 and Fig. 36.
 
-`TraceRecorder` (an `on_epoch_end` hook of tl_jax.train.loop.fit) appends to `trace.jsonl` in the
+`TraceRecorder` (an `on_epoch_end` hook of tl_jax.engine.fit) appends to `trace.jsonl` in the
 run's workdir: a few chosen weights of the target's first convolution (the same indices for every
 method, so runs sharing a seed share their starting point) and, for L2T-www, the per-pixel
 weights γ of every pair averaged over probe images and channels. Readers keep the last record
@@ -36,19 +36,22 @@ def chosen_weights(params: Any, k: int = NUM_WEIGHTS) -> tuple[str, np.ndarray]:
 
 
 class TraceRecorder:
-  """on_epoch_end(state, record): appends weights (and γ when `kt` is L2T-www) to trace.jsonl."""
+  """(state, record) -> appends weights (and γ for L2T-www) to trace.jsonl; called by the engine
+  after every epoch of a seed. `meta_outputs(state, images)` gives the meta-networks' outputs
+  (tl_jax.kt.bilevel.KnowledgeTransfer.meta_outputs with the source bound)."""
 
-  def __init__(self, workdir: str | pathlib.Path, kt: Any = None, probe_images: Any = None):
+  def __init__(self, workdir: str | pathlib.Path, meta_outputs: Any = None,
+               probe_images: Any = None, method: str = ""):
     self.path = pathlib.Path(workdir) / TRACE_FILE
-    self.kt = kt
+    self.meta_outputs = meta_outputs
     self.probe = probe_images
+    self.method = method
 
   def __call__(self, state: Any, record: dict[str, Any]) -> None:
     name, w = chosen_weights(jax.device_get(state.params))
     row = {"epoch": int(record["epoch"]), "weight_name": name, "weights": w.tolist()}
-    if self.kt is not None and self.probe is not None and \
-        getattr(self.kt.config, "method", "") == "l2t_www":
-      out = jax.device_get(self.kt.meta_outputs(state, self.probe))
+    if self.meta_outputs is not None and self.probe is not None and self.method == "l2t_www":
+      out = jax.device_get(self.meta_outputs(state, self.probe))
       row["gamma"] = {k: np.asarray(v["gamma"]).mean(axis=(0, 3)).tolist()
                       for k, v in out.items() if "gamma" in v}
     jsonl.append_jsonl(self.path, row)

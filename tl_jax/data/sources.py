@@ -20,13 +20,15 @@ Paths may be `shared://...` (see tl_jax.paths).
 
 from __future__ import annotations
 
-import pathlib
 from typing import Any
 
 import numpy as np
 
-from tl_jax import paths
-from tl_jax.data import sampling
+from tl_jax.data import sampling, sources_extra, sources_images
+# Checked file access and array validation live in tl_jax.data.checks, shared with
+# sources_images (which must not import this module); the names stay importable from here.
+from tl_jax.data.checks import (check_images, check_labels, check_size, open_npz,
+                                read_class_names, resolve_existing)
 from tl_jax.data.types import ArrayDataset, DataSplits
 from tl_jax.errors import ConfigError
 
@@ -43,63 +45,6 @@ def spec_get(spec: Any, key: str, default: Any = None) -> Any:
   else:
     value = getattr(spec, key, default)
   return default if value is None else value
-
-
-def resolve_existing(path: Any, field: str) -> pathlib.Path:
-  """Resolves `shared://` and checks the path exists, naming the field and path if not."""
-  if path is None:
-    raise ConfigError(field, None, "a file path")
-  p = paths.resolve(path)
-  if not p.exists():
-    raise ConfigError(field, str(path), hint=f"no such file or directory: {p}")
-  return p
-
-
-def read_class_names(path: pathlib.Path, n_classes: int, field: str) -> tuple[str, ...]:
-  """Names from `classes.txt` beside `path` (one per line) or '0'..'n-1' when there is none."""
-  f = path.parent / "classes.txt" if path.is_file() else path / "classes.txt"
-  if not f.is_file():
-    return tuple(str(i) for i in range(n_classes))
-  names = tuple(line.strip() for line in f.read_text().splitlines() if line.strip())
-  if len(names) < n_classes:
-    raise ConfigError(field, str(f), hint=f"{len(names)} class names but labels go up to "
-                      f"{n_classes - 1}")
-  return names
-
-
-def open_npz(path: pathlib.Path, keys: tuple[str, ...], field: str) -> dict[str, np.ndarray]:
-  """Loads `keys` from an npz without pickle; corrupt files and missing keys -> ConfigError."""
-  try:
-    with np.load(path, allow_pickle=False) as z:
-      missing = [k for k in keys if k not in z.files]
-      if missing:
-        raise ConfigError(field, str(path), hint=f"missing array(s) {missing}; has {z.files}")
-      return {k: z[k] for k in keys}
-  except ConfigError:
-    raise
-  except Exception as e:  # zipfile.BadZipFile, ValueError, OSError, EOFError: all mean corrupt.
-    raise ConfigError(field, str(path), hint=f"not a readable .npz file ({type(e).__name__}: "
-                      f"{e})") from e
-
-
-def check_images(images: np.ndarray, field: str) -> np.ndarray:
-  """uint8 [N,H,W,C] with C in (1, 3, 4); [N,H,W] is taken as grey and gets a channel axis."""
-  if images.dtype != np.uint8:
-    raise ConfigError(f"{field}.image.dtype", str(images.dtype), ["uint8"])
-  if images.ndim == 3:
-    images = images[..., None]
-  if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-    raise ConfigError(f"{field}.image.shape", images.shape, "[N, H, W, C] with C in 1, 3, 4")
-  return images
-
-
-def check_labels(labels: np.ndarray, n: int, field: str) -> np.ndarray:
-  if labels.ndim != 1 or labels.shape[0] != n or not np.issubdtype(labels.dtype, np.integer):
-    raise ConfigError(f"{field}.label", f"{labels.dtype}{list(labels.shape)}",
-                      f"integer array of shape [{n}]")
-  if labels.size and labels.min() < 0:
-    raise ConfigError(f"{field}.label", int(labels.min()), "non-negative class ids")
-  return labels.astype(np.int32)
 
 
 def load_npz(path: Any, field: str = "path", image_key: str = "image",
@@ -119,7 +64,7 @@ def load_npz(path: Any, field: str = "path", image_key: str = "image",
 def pil_resize(images: np.ndarray, size, field: str = "size") -> np.ndarray:
   """Resizes uint8 NHWC images to (H, W) with PIL bilinear (antialiased when shrinking)."""
   from PIL import Image
-  size = _check_size(size, field)
+  size = check_size(size, field)
   if images.shape[1:3] == size:
     return images
   h, w = size
@@ -129,16 +74,6 @@ def pil_resize(images: np.ndarray, size, field: str = "size") -> np.ndarray:
     r = np.asarray(pil.resize((w, h), Image.BILINEAR))
     out[i] = r.reshape(h, w, -1)
   return out
-
-
-def _check_size(size, field: str) -> tuple[int, int]:
-  try:
-    h, w = (int(s) for s in size)
-  except (TypeError, ValueError):
-    raise ConfigError(field, size, "(height, width)") from None
-  if h <= 0 or w <= 0:
-    raise ConfigError(field, size, "positive (height, width)")
-  return h, w
 
 
 def set_channels(images: np.ndarray, channels: int, field: str = "channels") -> np.ndarray:
@@ -210,7 +145,6 @@ def _split_paths(spec: Any, single_key: str) -> tuple[Any, dict[str, Any]]:
 
 def load_dataset(spec: Any) -> DataSplits | ArrayDataset:
   """Loads what `spec` describes: an ArrayDataset for one split, else DataSplits."""
-  from tl_jax.data import sources_extra, sources_images
   source = spec_get(spec, "source")
   if source not in SOURCES:
     raise ConfigError("data.source", source, SOURCES)

@@ -10,8 +10,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tl_jax.data.sources import (_check_size, check_labels, open_npz, read_class_names,
-                                 resolve_existing)
+from tl_jax.data.checks import (check_labels, check_size, open_npz, read_class_names,
+                                resolve_existing)
 from tl_jax.data.types import ArrayDataset
 from tl_jax.errors import ConfigError
 
@@ -55,7 +55,7 @@ def load_jpeg_npz(path: Any, field: str = "path", per_class: int | None = None,
   Tiny ImageNet resized 64->32 that way). `per_class` or `indices` decode only some rows.
   """
   p = resolve_existing(path, field)
-  size = None if size is None else _check_size(size, "size")
+  size = None if size is None else check_size(size, "size")
   cache = None
   if cache_dir is not None and indices is None:
     cache = _cache_file(cache_dir, p, per_class, size)
@@ -117,7 +117,7 @@ def load_image_folder(root: Any, size: Sequence[int] | None = None, field: str =
       raise ConfigError("class_names", missing, folders, hint=f"folders missing under {p}")
   if not class_names:
     raise ConfigError(field, str(root), hint=f"no class subfolders in {p}")
-  size = None if size is None else _check_size(size, "size")
+  size = None if size is None else check_size(size, "size")
   images, labels = [], []
   for c, name in enumerate(class_names):
     files = sorted(f for f in (p / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)

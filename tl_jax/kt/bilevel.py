@@ -1,10 +1,14 @@
-"""One knowledge-transfer training iteration (scratch / UFM / L2T-ww / L2T-www) as one jitted step.
+"""One knowledge-transfer training iteration (scratch / UFM / L2T-ww / L2T-www) as one pure step.
 
 L2T-ww / L2T-www iteration (thesis Algorithm 1 = the reference `train_l2t_ww.py` + `MetaSGD`):
-  1. real step: momentum SGD (coupled weight decay) on θ = target params + regressors, loss
-     CE + L_wfm(θ; φ) with the current φ held constant (its φ-gradient is not used);
-  2. look-ahead from θ_0 = post-real-step θ and v_0 = its momentum buffer (both stop_gradient):
-     T momentum-SGD steps on L_wfm only, then one on CE only, same LR / momentum / decay;
+  1. real step: one update of the optax transformation `tx` (the thesis: momentum SGD with
+     coupled weight decay, the same `tl_jax.train.optim.make_optimizer` chain every supervised
+     method uses) on θ = target params + regressors, loss CE + L_wfm(θ; φ) with the current φ
+     held constant (its φ-gradient is not used);
+  2. look-ahead from θ_0 = post-real-step θ and its optimiser state (momentum buffer; both
+     stop_gradient): T updates of the same `tx` on L_wfm only, then one on CE only, at the real
+     step's LR (the reference's look-ahead reads the current param-group LR; `optim.with_counts`
+     holds the schedule's count);
   3. meta loss = CE(θ_{T+1}) on the same augmented batch, BN in train mode;
   4. φ ← Adam(chain(add_decayed_weights, adam)) with the exact meta-gradient: `jax.grad` through
      the unrolled look-ahead (second order). The look-ahead is then discarded: θ stays θ_0.
@@ -17,6 +21,9 @@ derivative ∂²L_wfm/∂θ∂φ (plus the θ-Hessian terms that carry it throug
 Known deviation from the reference: its `meta_backward` re-runs the matching forward at θ_0 in
 train mode and so updates BN running statistics twice per iteration; here only the real step's
 forward updates them (look-ahead BN updates are dropped with the look-ahead).
+
+The frozen source network is an argument of the iteration (`source_variables`), never part of
+the state: the state is donated and checkpointed, the source is a constant.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from tl_jax.errors import ConfigError, check_choice
 from tl_jax.kt import matching
 from tl_jax.kt.meta_nets import MetaNetworks, init_meta_params
 from tl_jax.kt.pairs import PairSpec
+from tl_jax.models.layers import batch_norm_mask, frozen_batch_norm
+from tl_jax.train import optim
 
 METHODS = ("scratch", "ufm", "l2t_ww", "l2t_www")
 META_METHODS = ("l2t_ww", "l2t_www")
@@ -45,11 +54,12 @@ class KTConfig:
   method: str = "l2t_ww"
   beta: float = 0.5
   inner_steps: int = 2          # T
-  momentum: float = 0.9
+  momentum: float = 0.9         # of the default `tx` (sgd_tx) when none is given
   weight_decay: float = 1e-4    # coupled L2 on θ (target + regressors, incl. BN and biases)
   meta_lr: float = 1e-4
   meta_weight_decay: float = 1e-4
   first_order: bool = False     # ablation only: yields a zero meta-gradient (module docstring)
+  bn_frozen: bool = False       # transfer.bn='frozen': the target's BN in inference mode
   remat: bool = False           # jax.checkpoint each look-ahead step to save memory
 
 
@@ -61,10 +71,9 @@ class KTState:
   params: Any                   # target model params
   batch_stats: Any              # target BN running stats ({} when BN-free)
   regressors: Any               # {pair.key: {'kernel', 'bias'}}; part of θ
-  opt_state: Any                # momentum buffer v for θ = {'target': ..., 'regressors': ...}
+  opt_state: Any                # optax state of `tx` for θ = {'target': ..., 'regressors': ...}
   meta_params: Any              # φ ({} for scratch / ufm)
   meta_opt_state: Any
-  source_variables: Any         # frozen source ({} for scratch)
 
   @property
   def theta(self) -> dict[str, Any]:
@@ -79,14 +88,31 @@ def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:
   return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
-def sgd_momentum_step(params: Any, velocity: Any, grads: Any, lr: jax.Array | float,
-                      momentum: float, weight_decay: float) -> tuple[Any, Any]:
-  """PyTorch SGD with coupled L2: d = g + ωθ; v ← μv + d; θ ← θ − ηv (== optax
-  chain(add_decayed_weights(ω), sgd(η, μ))). Pure, so the look-ahead can be differentiated."""
-  d = jax.tree_util.tree_map(lambda g, p: g + weight_decay * p, grads, params)
-  v = jax.tree_util.tree_map(lambda d_, v_: d_ + momentum * v_, d, velocity)
-  new = jax.tree_util.tree_map(lambda p, v_: p - lr * v_, params, v)
-  return new, v
+def sgd_tx(lr_schedule: Callable[[jax.Array], jax.Array], momentum: float = 0.9,
+           weight_decay: float = 1e-4) -> optax.GradientTransformation:
+  """PyTorch SGD with coupled L2 (d = g + ωθ; v ← μv + d; θ ← θ − ηv) as the optax chain
+  `tl_jax.train.optim.make_optimizer` builds for `optimizer.name='sgd'`, decay 'coupled'."""
+  parts = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
+  parts += [optax.trace(decay=momentum) if momentum else optax.identity(),
+            optax.scale_by_learning_rate(lr_schedule), optim.scale_by_lr_scale()]
+  return optax.chain(*parts)
+
+
+def momentum_of(opt_state: Any) -> Any:
+  """The momentum buffer v (optax TraceState.trace) inside an optimiser state."""
+  found = [s for s in jax.tree_util.tree_leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, optax.TraceState))
+      if isinstance(s, optax.TraceState)]
+  if len(found) != 1:
+    raise ValueError(f"expected one optax.TraceState, found {len(found)}")
+  return found[0].trace
+
+
+def with_momentum(opt_state: Any, velocity: Any) -> Any:
+  """`opt_state` with its momentum buffer replaced by `velocity` (same tree as θ)."""
+  return jax.tree_util.tree_map(
+      lambda s: optax.TraceState(trace=velocity) if isinstance(s, optax.TraceState) else s,
+      opt_state, is_leaf=lambda x: isinstance(x, optax.TraceState))
 
 
 def cosine_per_epoch(base_lr: float, steps_per_epoch: int, num_epochs: int) -> Callable[[jax.Array], jax.Array]:
@@ -111,13 +137,17 @@ class KnowledgeTransfer:
 
   Models follow the tl_jax contract: `apply(vars, x, train=..., mutable=...)` -> (logits,
   {name: NHWC map}). `preprocess(key, images) -> float images` runs inside the step (augment).
-  `l2t_iteration(state, batch, key) -> (state, metrics)` is jitted with the state donated; the key
-  is folded with `state.step`, batch = {'image', 'label'}. Every method has the same signature.
+  `iteration(state, batch, key, source_variables) -> (state, metrics)` is pure (the engine scans
+  it); `l2t_iteration` is the same, jitted with the state donated. The key is used as given (the
+  engine folds it with the step); batch = {'image', 'label'[, 'mask']}. Every method has the same
+  signature. `tx` updates θ (default `sgd_tx(lr_schedule, momentum, weight_decay)`);
+  `lr_schedule(count)` is also what the 'lr' metric reports.
   """
 
   def __init__(self, source_model: Any, target_model: Any, pairs: Sequence[PairSpec],
                config: KTConfig, lr_schedule: Callable[[jax.Array], jax.Array],
-               preprocess: Callable[[jax.Array, jax.Array], jax.Array] | None = None):
+               preprocess: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+               tx: optax.GradientTransformation | None = None):
     check_choice("kt.method", config.method, METHODS)
     if config.inner_steps < 0:
       raise ConfigError("kt.inner_steps", config.inner_steps, ">= 0")
@@ -127,6 +157,7 @@ class KnowledgeTransfer:
       raise ConfigError("kt.pairs", pairs, "at least one pair for ufm / l2t_ww / l2t_www")
     self.config = config
     self.lr_schedule = lr_schedule
+    self.tx = tx if tx is not None else sgd_tx(lr_schedule, config.momentum, config.weight_decay)
     self.preprocess = preprocess or (lambda key, x: x.astype(jnp.float32))
     self.meta_tx = optax.chain(optax.add_decayed_weights(config.meta_weight_decay),
                                optax.adam(config.meta_lr))
@@ -135,13 +166,11 @@ class KnowledgeTransfer:
     self.meta_outputs = jax.jit(self._meta_outputs)
 
   # ---------------------------------------------------------------- state
-  def init(self, key: jax.Array, target_variables: Mapping[str, Any],
-           source_variables: Mapping[str, Any] | None = None) -> KTState:
+  def init(self, key: jax.Array, target_variables: Mapping[str, Any]) -> KTState:
     """Fresh state (zero momentum, initial regressors and φ). The variables are copied, since
     `l2t_iteration` donates the state and would otherwise invalidate the caller's arrays."""
     copy = lambda t: jax.tree_util.tree_map(jnp.array, t)  # noqa: E731
     target_variables = copy(dict(target_variables))
-    source_variables = copy(dict(source_variables or {}))
     k_reg, k_meta = jax.random.split(key)
     method = self.config.method
     params = target_variables["params"]
@@ -150,19 +179,20 @@ class KnowledgeTransfer:
     theta = {"target": params, "regressors": regressors}
     return KTState(step=jnp.zeros((), jnp.int32), params=params,
                    batch_stats=target_variables.get("batch_stats", {}), regressors=regressors,
-                   opt_state=jax.tree_util.tree_map(jnp.zeros_like, theta), meta_params=meta,
-                   meta_opt_state=self.meta_tx.init(meta),
-                   source_variables=source_variables if method != "scratch" else {})
+                   opt_state=self.tx.init(theta), meta_params=meta,
+                   meta_opt_state=self.meta_tx.init(meta))
 
   # ---------------------------------------------------------------- pieces
-  def target_forward(self, params, batch_stats, x, rng):
+  def target_forward(self, params, batch_stats, x, rng, mask=None):
     """Train-mode target forward -> (logits, features, new batch_stats)."""
     variables = _variables(params, batch_stats)
-    if batch_stats:
-      (logits, feats), upd = self.target_model.apply(variables, x, train=True, mutable=["batch_stats"],
-                                                     rngs={"dropout": rng})
-      return logits, feats, upd["batch_stats"]
-    logits, feats = self.target_model.apply(variables, x, train=True, rngs={"dropout": rng})
+    # BatchNorm sees the real rows only; with bn_frozen tl_jax BNs run in inference mode
+    with batch_norm_mask(mask), frozen_batch_norm(self.config.bn_frozen):
+      if batch_stats and not self.config.bn_frozen:
+        (logits, feats), upd = self.target_model.apply(
+            variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": rng})
+        return logits, feats, upd["batch_stats"]
+      logits, feats = self.target_model.apply(variables, x, train=True, rngs={"dropout": rng})
     return logits, feats, batch_stats
 
   def source_features(self, source_variables, x) -> dict[str, jax.Array]:
@@ -184,29 +214,36 @@ class KnowledgeTransfer:
     return matching.matching_loss(self.pairs, regressors, feats, ctx["resized"], meta_out,
                                   self.config.beta, gammas, ctx["mask"])
 
-  def _step_theta(self, theta, v, grads, lr):
-    c = self.config
-    return sgd_momentum_step(theta, v, grads, lr, c.momentum, c.weight_decay)
+  def _step_theta(self, theta, opt_state, grads, count_ref=None):
+    """One `tx` update of θ; with `count_ref` (an optimiser state) the schedule counts are held
+    at its values, so every look-ahead step uses the real step's LR."""
+    if count_ref is not None:
+      opt_state = optim.with_counts(opt_state, count_ref)
+    updates, opt_state = self.tx.update(grads, opt_state, theta)
+    return optax.apply_updates(theta, updates), opt_state
 
   # ---------------------------------------------------------------- meta objective
-  def meta_objective(self, meta_params, theta0, v0, bs0, ctx, rng):
-    """CE(θ_{T+1}) after T L_wfm-only + 1 CE-only momentum-SGD steps from (θ_0, v_0).
+  def meta_objective(self, meta_params, theta0, opt0, bs0, ctx, rng):
+    """CE(θ_{T+1}) after T L_wfm-only + 1 CE-only `tx` updates from (θ_0, its optimiser state).
 
-    Differentiable in `meta_params` (exact second-order meta-gradient); θ_0, v_0 are constants.
-    With `config.first_order` the inner gradients are stop_gradient'ed (result: zero gradient).
+    Differentiable in `meta_params` (exact second-order meta-gradient through optax's update);
+    θ_0 and its optimiser state are constants; the schedule count stays at `ctx['count_ref']`'s
+    (the real step's LR). With `config.first_order` the inner gradients are stop_gradient'ed
+    (result: zero gradient).
     """
     c = self.config
-    x, y, mask, lr = ctx["x"], ctx["y"], ctx["mask"], ctx["lr"]
+    x, y, mask = ctx["x"], ctx["y"], ctx["mask"]
     meta_out, gammas = self.meta_forward(meta_params, ctx["pooled"], x.shape[0])
-    theta, v, bs = jax.lax.stop_gradient((theta0, v0, bs0))
+    theta, v, bs = jax.lax.stop_gradient((theta0, opt0, bs0))
+    count_ref = ctx.get("count_ref", opt0)
     rngs = jax.random.split(rng, c.inner_steps + 2)
 
     def wfm_fn(th, bs_, r):
-      _, feats, nbs = self.target_forward(th["target"], bs_, x, r)
+      _, feats, nbs = self.target_forward(th["target"], bs_, x, r, mask)
       return self.wfm(th["regressors"], feats, ctx, meta_out, gammas), nbs
 
     def ce_fn(th, bs_, r):
-      logits, _, nbs = self.target_forward(th["target"], bs_, x, r)
+      logits, _, nbs = self.target_forward(th["target"], bs_, x, r, mask)
       return softmax_ce(logits, y, mask), nbs
 
     def make_step(loss_fn):
@@ -214,7 +251,7 @@ class KnowledgeTransfer:
         g, nbs = jax.grad(loss_fn, has_aux=True)(th, bs_, r)
         if c.first_order:
           g = jax.lax.stop_gradient(g)
-        th, v_ = self._step_theta(th, v_, g, lr)
+        th, v_ = self._step_theta(th, v_, g, count_ref)
         return th, v_, nbs
       return jax.checkpoint(step) if c.remat else step
 
@@ -226,23 +263,25 @@ class KnowledgeTransfer:
     return meta_loss
 
   # ---------------------------------------------------------------- one iteration
-  def prepare(self, state: KTState, batch: Mapping[str, jax.Array], key: jax.Array):
-    """Per-iteration constants `ctx` = {x, y, mask, pooled, resized, lr} (images after
-    augmentation, labels, 0/1 padding mask, pooled / resized source maps, scheduled LR), and the
-    dropout and look-ahead rngs."""
-    k = jax.random.fold_in(key, state.step)
-    k_aug, k_drop, k_meta = jax.random.split(k, 3)
+  def prepare(self, state: KTState, batch: Mapping[str, jax.Array], key: jax.Array,
+              source_variables: Any):
+    """Per-iteration constants `ctx` = {x, y, mask, pooled, resized, lr, count_ref} (images
+    after augmentation, labels, 0/1 padding mask, pooled / resized source maps, scheduled LR,
+    the optimiser state whose schedule counts the look-ahead keeps), and the dropout and
+    look-ahead rngs."""
+    k_aug, k_drop, k_meta = jax.random.split(key, 3)
     x = self.preprocess(k_aug, batch["image"])
     y = batch["label"]
     if self.pairs:
-      src = self.source_features(state.source_variables, x)
+      src = self.source_features(source_variables, x)
       pooled, resized = matching.pooled_sources(src), matching.resize_sources(self.pairs, src)
     else:
       pooled, resized = {}, {}
     lr = jnp.asarray(self.lr_schedule(state.step), x.dtype)
     mask = batch.get("mask")
     mask = jnp.ones(y.shape, x.dtype) if mask is None else mask.astype(x.dtype)
-    ctx = {"x": x, "y": y, "mask": mask, "pooled": pooled, "resized": resized, "lr": lr}
+    ctx = {"x": x, "y": y, "mask": mask, "pooled": pooled, "resized": resized, "lr": lr,
+           "count_ref": state.opt_state}
     return ctx, k_drop, k_meta
 
   def real_step(self, state: KTState, ctx, rng):
@@ -251,23 +290,26 @@ class KnowledgeTransfer:
     meta_out, gammas = self.meta_forward(jax.lax.stop_gradient(state.meta_params), ctx["pooled"], x.shape[0])
 
     def total_fn(theta):
-      logits, feats, nbs = self.target_forward(theta["target"], state.batch_stats, x, rng)
+      logits, feats, nbs = self.target_forward(theta["target"], state.batch_stats, x, rng, mask)
       ce = softmax_ce(logits, y, mask)
       wfm = self.wfm(theta["regressors"], feats, ctx, meta_out, gammas)
       return ce + wfm, (ce, wfm, logits, nbs)
 
     grads, (ce, wfm, logits, nbs) = jax.grad(total_fn, has_aux=True)(state.theta)
-    theta0, v0 = self._step_theta(state.theta, state.opt_state, grads, lr)
+    theta0, v0 = self._step_theta(state.theta, state.opt_state, grads)
     correct = (jnp.argmax(logits, -1) == y).astype(x.dtype)
-    metrics = {"loss": ce + wfm, "ce": ce, "wfm": wfm, "accuracy": matching.batch_mean(correct, mask),
-               "lr": lr}
+    loss = ce + wfm
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+    metrics = {"loss": loss, "ce": ce, "wfm": wfm, "accuracy": matching.batch_mean(correct, mask),
+               "lr": lr, "nonfinite": 1.0 - finite.astype(x.dtype)}
     for p in self.pairs:
       metrics[f"lambda/{p.key}"] = matching.batch_mean(meta_out[p.key]["lam"], mask)
     return theta0, v0, nbs, metrics
 
-  def iteration(self, state: KTState, batch: Mapping[str, jax.Array], key: jax.Array):
+  def iteration(self, state: KTState, batch: Mapping[str, jax.Array], key: jax.Array,
+                source_variables: Any = None):
     """Un-jitted body of `l2t_iteration` (see module docstring)."""
-    ctx, k_drop, k_meta = self.prepare(state, batch, key)
+    ctx, k_drop, k_meta = self.prepare(state, batch, key, source_variables)
     theta0, v0, bs0, metrics = self.real_step(state, ctx, k_drop)
     meta_params, meta_opt_state = state.meta_params, state.meta_opt_state
     if self.config.method in META_METHODS:
@@ -283,15 +325,19 @@ class KnowledgeTransfer:
     new_state = state.replace(step=state.step + 1, params=theta0["target"], batch_stats=bs0,
                               regressors=theta0["regressors"], opt_state=v0,
                               meta_params=meta_params, meta_opt_state=meta_opt_state)
+    # a non-finite loss skips the whole update (the engine then stops with the epoch and step)
+    new_state = jax.tree_util.tree_map(lambda n, o: jnp.where(metrics["nonfinite"] > 0, o, n),
+                                       new_state, state)
     return new_state, metrics
 
   # ---------------------------------------------------------------- inspection (plots)
-  def _meta_outputs(self, state: KTState, images: jax.Array) -> dict[str, dict[str, jax.Array]]:
+  def _meta_outputs(self, state: KTState, images: jax.Array,
+                    source_variables: Any) -> dict[str, dict[str, jax.Array]]:
     """Per pair: 'w' (B, C_s) channel weights, 'lam' (B,) pair weights and, for L2T-www,
     'gamma' (B, H, W, C_s) per-pixel weights at the pair's map size, for float images."""
     if not self.pairs:
       return {}
-    src = self.source_features(state.source_variables, images.astype(jnp.float32))
+    src = self.source_features(source_variables, images.astype(jnp.float32))
     out, gammas = self.meta_forward(state.meta_params, matching.pooled_sources(src), images.shape[0])
     res = {}
     for p in self.pairs:

@@ -1,7 +1,8 @@
 """Model zoo: Flax Linen modules returning `(logits, features)`; a name-based registry.
 
 Every model: `__call__(x, train=False) -> (logits, features)` with NHWC float32 input and
-`features` a dict of named intermediate maps. jit/eval_shape return dicts with *sorted* keys, so
+`features` a dict of named intermediate maps (float64 input under jax_enable_x64: initialise with
+`init_variables` for float64 params). jit/eval_shape return dicts with *sorted* keys, so
 feature names are chosen such that `ordered_feature_names(features)` (natural sort: 'block2' <
 'block10') gives forward order for every model here.
 """
@@ -17,7 +18,7 @@ from tl_jax.errors import ConfigError
 from tl_jax.models.alexnet import AlexNet
 from tl_jax.models.cnn import Seed003CNN
 from tl_jax.models.efficientnet import EfficientNetLite0
-from tl_jax.models.layers import Conv, count_params
+from tl_jax.models.layers import Conv, batch_norm_mask, count_params, init_variables
 from tl_jax.models.lenet import LeNet5
 from tl_jax.models.resnet import ResNet32, ResNet50
 from tl_jax.models.tiny import TinyCNN, TinyMLP
@@ -103,6 +104,6 @@ def ordered_feature_names(features: Iterable[str]) -> list[str]:
 
 __all__ = [
     "AlexNet", "Conv", "EfficientNetLite0", "LeNet5", "MODEL_NAMES", "ResNet32", "ResNet50",
-    "Seed003CNN", "TinyCNN", "TinyMLP", "VGG9", "VGG16", "count_params", "create_model", "default_input_shape",
-    "head_regex", "ordered_feature_names",
+    "Seed003CNN", "TinyCNN", "TinyMLP", "VGG9", "VGG16", "batch_norm_mask", "count_params",
+    "create_model", "default_input_shape", "head_regex", "init_variables", "ordered_feature_names",
 ]

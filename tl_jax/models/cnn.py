@@ -20,7 +20,9 @@ from flax import linen as nn
 import jax
 
 from tl_jax.errors import ConfigError
-from tl_jax.models.layers import bn_inference
+from tl_jax.models.layers import batch_norm
+
+KERAS_BN = dict(momentum=0.99, epsilon=1e-3)  # Keras BatchNormalization defaults
 
 
 class Seed003CNN(nn.Module):
@@ -42,8 +44,7 @@ class Seed003CNN(nn.Module):
     def unit(x, ch, name):
       x = nn.Conv(ch, (3, 3), padding="SAME", use_bias=not self.batch_norm, name=name)(x)
       if self.batch_norm:
-        x = nn.BatchNorm(use_running_average=bn_inference(train), momentum=0.99, epsilon=1e-3,
-                         name=name + "_bn")(x)
+        x = batch_norm(train, name + "_bn", **KERAS_BN)(x)
       return nn.relu(x)
 
     for b, ch in ((1, self.width), (2, 2 * self.width)):
@@ -58,8 +59,7 @@ class Seed003CNN(nn.Module):
       return x, feats
     x = nn.Dense(self.fc, use_bias=not self.batch_norm, name="fc1")(x)
     if self.batch_norm:
-      x = nn.BatchNorm(use_running_average=bn_inference(train), momentum=0.99, epsilon=1e-3,
-                       name="fc1_bn")(x)
+      x = batch_norm(train, "fc1_bn", **KERAS_BN)(x)
     x = nn.relu(x)
     feats["fc1"] = x
     if self.dropout:

@@ -1,4 +1,4 @@
-"""Shared building blocks: a Conv that dodges the XLA:CPU small-map trap, BN defaults, inits.
+"""Shared building blocks: a Conv that dodges the XLA:CPU small-map trap, BatchNorm, inits.
 
 Why `Conv` exists: on XLA:CPU a 3x3 convolution on a feature map of 2x2 or smaller takes ~1 s
 instead of ~10 ms (see shared/docs/environment.md); so does a stride-2 conv producing such a map.
@@ -7,6 +7,16 @@ convolution as im2col + matmul. Both paths read the same parameters, named and s
 `flax.linen.Conv` ('kernel' HWIO = (kh, kw, cin // groups, features), 'bias' (features,)), so
 weights move freely between `Conv` and `nn.Conv` and between the two paths. The choice is made
 from static shapes at trace time, so it costs nothing under jit.
+
+Dtypes: like every flax layer, `Conv` creates its parameters in `param_dtype` (float32) and
+computes in the promotion of input and parameters, so float32 inputs work under
+`jax_enable_x64` and float64 inputs compute in float64. `init_variables` initialises a model with
+variables in the input's precision (float64 input -> float64 params and BN statistics), which a
+float64 end-to-end forward/gradient (finite-difference checks) needs.
+
+`BatchNorm` is `nn.BatchNorm` (same variables and names) that honours two trace-time contexts:
+`frozen_batch_norm` (inference mode under train=True) and `batch_norm_mask` (batch statistics over
+the real rows of a padded batch only).
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from flax.linen.dtypes import promote_dtype
 
 from tl_jax.errors import ConfigError
 
@@ -93,7 +104,9 @@ class Conv(nn.Module):
 
   `small_map_pixels`: outputs with H*W at or below it use im2col + matmul (0 disables it;
   `force_im2col=True` always uses it, for tests). `padding` is 'SAME' (TF rule), 'VALID', an int,
-  or explicit ((lo, hi), (lo, hi)).
+  or explicit ((lo, hi), (lo, hi)). `param_dtype` / `dtype` as in `nn.Conv`: parameters are
+  created in `param_dtype`; the computation runs in `dtype`, default the promotion of input and
+  parameters (lax.conv requires equal dtypes, so both are cast to it).
   """
   features: int
   kernel_size: tuple[int, int] = (3, 3)
@@ -105,6 +118,8 @@ class Conv(nn.Module):
   bias_init: Callable[..., Any] = nn.initializers.zeros
   small_map_pixels: int = SMALL_MAP_PIXELS
   force_im2col: bool = False
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -117,15 +132,19 @@ class Conv(nn.Module):
       raise ConfigError("conv.feature_group_count", self.feature_group_count,
                         f"a divisor of in ({cin}) and out ({self.features}) channels")
     kernel = self.param("kernel", self.kernel_init,
-                        kernel_size + (cin // self.feature_group_count, self.features))
+                        kernel_size + (cin // self.feature_group_count, self.features),
+                        self.param_dtype)
+    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
     pads = explicit_padding(self.padding, x.shape[1:3], kernel_size, strides)
     out_hw = [(size + lo + hi - k) // s + 1
               for size, (lo, hi), k, s in zip(x.shape[1:3], pads, kernel_size, strides)]
     small = self.small_map_pixels > 0 and out_hw[0] * out_hw[1] <= self.small_map_pixels
     fn = conv_im2col if (self.force_im2col or small) else conv_lax
     y = fn(x, kernel, strides, pads, self.feature_group_count)
-    if self.use_bias:
-      y = y + self.param("bias", self.bias_init, (self.features,))
+    if bias is not None:
+      y = y + bias
     return y
 
 
@@ -149,11 +168,90 @@ def bn_inference(train: bool) -> bool:
   return (not train) or _BN_FROZEN.get()
 
 
+_BN_MASK: contextvars.ContextVar[Array | None] = contextvars.ContextVar("tl_jax_bn_mask",
+                                                                        default=None)
+
+
+@contextlib.contextmanager
+def batch_norm_mask(mask: Array | None) -> Iterator[None]:
+  """Within this context (at trace time), every tl_jax BatchNorm in train mode computes its batch
+  mean/variance - hence its output and its running-statistics update - over the rows with
+  mask != 0 only. `mask`: a [B] array of 0/1 over the leading (batch) axis of every BN input, or
+  None (no masking). Why: the last batch of an epoch is padded to the fixed batch shape with
+  copies of a real image; without the mask those copies would bias the batch statistics.
+
+  Enter it inside the traced function (the train step, around `model.apply`) with the batch's
+  own mask array: a mask captured from outside `jax.jit` would be baked in as a constant. A mask
+  with no real row gives NaN statistics (mean over nothing). In inference mode (train=False or
+  `frozen_batch_norm`) the mask has no effect.
+  """
+  if mask is not None:
+    mask = jnp.asarray(mask)
+    if mask.ndim != 1:
+      raise ConfigError("batch_norm_mask.mask", mask.shape, "a [B] array of 0/1, or None")
+  token = _BN_MASK.set(mask)
+  try:
+    yield
+  finally:
+    _BN_MASK.reset(token)
+
+
+def bn_row_mask(x: Array) -> Array | None:
+  """The `batch_norm_mask` row mask broadcast to `x` ([B, ...]) as bool, or None outside it."""
+  mask = _BN_MASK.get()
+  if mask is None:
+    return None
+  if mask.shape[0] != x.shape[0]:
+    raise ConfigError("batch_norm_mask.mask", mask.shape,
+                      f"one entry per row of the BatchNorm input {tuple(x.shape)}")
+  rows = mask.reshape((x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.broadcast_to(rows, x.shape).astype(bool)
+
+
+class BatchNorm(nn.BatchNorm):
+  """`nn.BatchNorm` whose batch statistics skip padded rows inside `batch_norm_mask`.
+
+  Only `__call__` differs: without an explicit `mask=` it passes the context's row mask to
+  flax's own masked statistics (`mean(..., where=mask)`); outside the context it is exactly
+  `nn.BatchNorm`. Same fields, variables ('scale', 'bias'; 'mean', 'var') and names, so weight
+  files and checkpoints written with `nn.BatchNorm` load unchanged.
+  """
+
+  def __call__(self, x: Array, use_running_average: bool | None = None, *,
+               mask: Array | None = None) -> Array:
+    if mask is None:
+      mask = bn_row_mask(x)
+    return super().__call__(x, use_running_average, mask=mask)
+
+
 def batch_norm(train: bool, name: str, momentum: float = 0.9,
-               epsilon: float = 1e-5) -> nn.BatchNorm:
-  """BatchNorm with PyTorch defaults (torch momentum 0.1 == flax momentum 0.9, eps 1e-5)."""
-  return nn.BatchNorm(use_running_average=bn_inference(train), momentum=momentum,
-                      epsilon=epsilon, name=name)
+               epsilon: float = 1e-5) -> BatchNorm:
+  """BatchNorm with PyTorch defaults (torch momentum 0.1 == flax momentum 0.9, eps 1e-5) that
+  follows `frozen_batch_norm` and `batch_norm_mask`."""
+  return BatchNorm(use_running_average=bn_inference(train), momentum=momentum,
+                   epsilon=epsilon, name=name)
+
+
+def cast_floating(tree: Any, dtype: Any) -> Any:
+  """`tree` with every floating-point leaf cast to `dtype` (integer/bool leaves untouched)."""
+  return jax.tree.map(
+      lambda a: a.astype(dtype) if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a, tree)
+
+
+def init_variables(model: nn.Module, rngs: Any, x: Array, *args: Any, **kwargs: Any) -> Any:
+  """`model.init(rngs, x, ...)` with its floating variables in the precision of `x` when that is
+  above float32 (float64 under `jax_enable_x64`; float32/half inputs: exactly `model.init`).
+
+  Why: flax layers create float32 params (`param_dtype`) and float32 BN statistics whatever the
+  input, so a float64 input alone gives float32 gradients and statistics whose dtype changes at
+  the first update. The values are the float32 init's, cast (same draws in both precisions).
+  """
+  variables = model.init(rngs, x, *args, **kwargs)
+  x_dtype = jnp.result_type(x)
+  if not jnp.issubdtype(x_dtype, jnp.floating):
+    return variables
+  dtype = jnp.promote_types(jnp.float32, x_dtype)
+  return variables if dtype == jnp.float32 else cast_floating(variables, dtype)
 
 
 def count_params(tree: Any) -> int:

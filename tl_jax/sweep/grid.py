@@ -15,16 +15,16 @@ mappings (ConfigDict forbids dots in keys) flattened to dotted fields and applie
 field that does not exist in the config is a ConfigError (typos must not silently do nothing).
 
 Cell workdir: `<root>/<method>/n<N>/seed<seed>`. A cell whose workdir holds summary.json is
-done and skipped; any other cell is (re)run, and its own checkpoints resume it. Cells are dealt
-to hosts round-robin (`cell_index % num_hosts == host_index`), so `--print_commands` can give
-every host one command and the hosts never share a cell.
+done and skipped. The pending seeds of one (method, N) run together as one compiled program
+(a unit; `config.sweep.seeds_per_unit` caps its size), whose checkpoints resume it. Cells are
+dealt to hosts round-robin (`cell_index % num_hosts == host_index`), so `--print_commands` can
+give every host one command and the hosts never share a cell.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib
 import json
 import logging
 import os
@@ -41,8 +41,7 @@ from tl_jax.errors import ConfigError
 
 SUMMARY_NAME = "summary.json"
 KT_METHODS = ("ufm", "l2t_ww", "l2t_www")
-DEFAULT_RUN_CELL = ("tl_jax.experiment:train_and_evaluate", "tl_jax.train.loop:train_and_evaluate")
-RunCell = Callable[[ml_collections.ConfigDict, str], Any]
+RunUnit = Callable[[ml_collections.ConfigDict, Sequence[int], Sequence[str]], Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,21 +168,6 @@ def host_cells(cells: Sequence[Cell], host_index: int = 0, num_hosts: int = 1) -
   return [c for c in cells if c.index % num_hosts == host_index]
 
 
-def load_run_cell(spec: str | None = None) -> RunCell:
-  """`module:function` (imported lazily); default: the project's train_and_evaluate."""
-  candidates = [spec] if spec else list(DEFAULT_RUN_CELL)
-  errors = []
-  for cand in candidates:
-    mod_name, _, fn_name = cand.partition(":")
-    if not fn_name:
-      raise ConfigError("run_cell", cand, "'module:function'")
-    try:
-      return getattr(importlib.import_module(mod_name), fn_name)
-    except (ImportError, AttributeError) as e:
-      errors.append(f"{cand}: {e}")
-  raise ConfigError("run_cell", spec, candidates, hint="; ".join(errors))
-
-
 def _write_json_atomic(path: pathlib.Path, obj: Any) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -200,13 +184,28 @@ class GridReport:
   failed: list[tuple[Cell, str]] = dataclasses.field(default_factory=list)
 
 
-def run_grid(config: ml_collections.ConfigDict, root: str | os.PathLike,
-             run_cell: RunCell | None = None, host_index: int = 0, num_hosts: int = 1,
-             keep_going: bool = False, dry_run: bool = False) -> GridReport:
-  """Runs this host's unfinished cells one after another with `run_cell(config, workdir)`.
+def units(cells: Sequence[Cell], seeds_per_unit: int = 0) -> list[list[Cell]]:
+  """The pending cells grouped into units: the seeds of one (method, N) that run as one
+  compiled program, at most `seeds_per_unit` of them (0 = all of the cell's pending seeds)."""
+  groups: dict[tuple[str, int], list[Cell]] = {}
+  for c in cells:
+    groups.setdefault((c.method, c.n_per_class), []).append(c)
+  out = []
+  for g in groups.values():
+    k = seeds_per_unit if seeds_per_unit > 0 else len(g)
+    out += [g[i:i + k] for i in range(0, len(g), k)]
+  return out
 
-  A cell is finished when its workdir holds summary.json. With keep_going a failing cell is
-  logged and the sweep goes on (the failure is in the report and the cell reruns next time).
+
+def run_grid(config: ml_collections.ConfigDict, root: str | os.PathLike,
+             run_unit: RunUnit | None = None, host_index: int = 0, num_hosts: int = 1,
+             keep_going: bool = False, dry_run: bool = False) -> GridReport:
+  """Runs this host's unfinished cells, each unit (the pending seeds of one method and N) as one
+  program: `run_unit(config, seeds, workdirs)` (default tl_jax.experiment.run_seeds).
+
+  A cell is finished when its workdir holds summary.json. `config.sweep.seeds_per_unit` (0 =
+  all) caps the seeds of a unit, so that on a slow machine each finished unit is kept. With
+  keep_going a failing unit is logged and the sweep goes on (its cells rerun next time).
   """
   cells = host_cells(expand_grid(config, root), host_index, num_hosts)
   rep = GridReport()
@@ -218,24 +217,33 @@ def run_grid(config: ml_collections.ConfigDict, root: str | os.PathLike,
   if dry_run or not todo:
     rep.pending = todo if dry_run else []
     return rep
-  run_cell = run_cell or load_run_cell()
-  for i, c in enumerate(todo):
-    logging.info("sweep: cell %d/%d %s", i + 1, len(todo), c.workdir)
-    c.workdir.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(c.workdir / "cell.json", {"method": c.method, "n_per_class": c.n_per_class,
-                                                 "seed": c.seed, "config": c.config.to_dict()})
+  if run_unit is None:
+    from tl_jax.experiment import run_seeds as run_unit
+  per_unit = int(config.sweep.get("seeds_per_unit", 0) or 0)
+  plan = units(todo, per_unit)
+  for i, unit in enumerate(plan):
+    seeds = [c.seed for c in unit]
+    logging.info("sweep: unit %d/%d %s n%d seeds %s", i + 1, len(plan), unit[0].method,
+                 unit[0].n_per_class, seeds)
+    for c in unit:
+      c.workdir.mkdir(parents=True, exist_ok=True)
+      _write_json_atomic(c.workdir / "cell.json", {"method": c.method,
+                                                   "n_per_class": c.n_per_class,
+                                                   "seed": c.seed, "config": c.config.to_dict()})
     try:
-      run_cell(c.config, str(c.workdir))
+      run_unit(unit[0].config, seeds, [str(c.workdir) for c in unit])
     except Exception as e:  # noqa: BLE001 - reported, and re-raised unless keep_going
       if not keep_going:
         raise
-      logging.error("cell %s failed: %s", c.workdir, e)
-      rep.failed.append((c, "".join(traceback.format_exception_only(type(e), e)).strip()))
+      logging.error("unit %s failed: %s", [str(c.workdir) for c in unit], e)
+      msg = "".join(traceback.format_exception_only(type(e), e)).strip()
+      rep.failed += [(c, msg) for c in unit]
       continue
-    if not c.done:
-      rep.failed.append((c, f"run_cell returned but wrote no {SUMMARY_NAME}"))
-      continue
-    rep.ran.append(c)
+    for c in unit:
+      if c.done:
+        rep.ran.append(c)
+      else:
+        rep.failed.append((c, f"the unit returned but wrote no {SUMMARY_NAME}"))
   return rep
 
 

@@ -56,6 +56,22 @@ class Checkpointer:
     out = self._mgr.restore(step, args=ocp.args.Composite(**items))
     return out["state"], out["meta"], (out["best"] if with_best else None)
 
+  def latest_meta(self) -> Optional[dict[str, Any]]:
+    """The JSON metadata of the newest checkpoint, or None when there is none."""
+    step = self.latest_step()
+    if step is None:
+      return None
+    self._mgr.wait_until_finished()
+    out = self._mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(out["meta"])
+
+  def restore_state(self, step: int, abstract_state: Any) -> Any:
+    """The saved state of checkpoint `step` (structure and dtypes from `abstract_state`)."""
+    self._mgr.wait_until_finished()
+    out = self._mgr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state)))
+    return out["state"]
+
   def has_best(self, step: int) -> bool:
     return os.path.isdir(os.path.join(self.directory, str(step), "best"))
 

@@ -72,6 +72,25 @@ def has_lr_scale(tree: Any) -> bool:
   return any(_is_scale(s) for s in jax.tree.leaves(tree, is_leaf=_is_scale))
 
 
+def lr_scale_of(tree: Any) -> jax.Array:
+  """The LR scale inside `tree` as an array (traceable; 1.0 when there is none)."""
+  found = [s for s in jax.tree.leaves(tree, is_leaf=_is_scale) if _is_scale(s)]
+  return found[0].scale if found else jnp.asarray(1.0, jnp.float32)
+
+
+def _has_count(x: Any) -> bool:
+  return isinstance(x, tuple) and hasattr(x, "_fields") and "count" in x._fields
+
+
+def with_counts(opt_state: Any, ref: Any) -> Any:
+  """`opt_state` with every optax `count` field (schedules, Adam's bias correction) taken from
+  `ref`, an optimiser state of the same structure. The L2T look-ahead uses it so that its steps
+  run at the real step's LR, as the reference's look-ahead does."""
+  counts = iter([s.count for s in jax.tree.leaves(ref, is_leaf=_has_count) if _has_count(s)])
+  return jax.tree.map(lambda s: s._replace(count=next(counts)) if _has_count(s) else s,
+                      opt_state, is_leaf=_has_count)
+
+
 def get_lr_scale(opt_state: Any) -> float:
   """The current global LR scale (1.0 if the state has no LRScaleState)."""
   found = [s for s in jax.tree.leaves(opt_state, is_leaf=_is_scale) if _is_scale(s)]
@@ -176,8 +195,8 @@ def group_labels(cfg: Any, params: Any) -> Any:
   return masks.label_params(params, rules, "lr_x1.0", field="optimizer.lr_mults")
 
 
-def make_optimizer(cfg: Any, steps_per_epoch: int, num_epochs: int,
-                   params: Any) -> optax.GradientTransformation:
+def make_optimizer(cfg: Any, steps_per_epoch: int, num_epochs: int, params: Any,
+                   extra_params: Any = None) -> optax.GradientTransformation:
   """Builds the optimiser described by `cfg` (an ml_collections ConfigDict or dict).
 
   Fields: name (sgd|adam|adamw|rmsprop), lr, momentum, nesterov, b1, b2, eps, rms_decay,
@@ -185,18 +204,29 @@ def make_optimizer(cfg: Any, steps_per_epoch: int, num_epochs: int,
   schedule (constant|step|cosine|warmup_cosine), schedule_unit (step|epoch), boundaries,
   decay_factor, warmup_epochs, warmup_init_lr, min_lr, frozen (regexes), lr_mults ((regex, m), ...),
   grad_clip_norm.
+
+  With `extra_params` (e.g. the L2T regressors), the transformation acts on
+  `{'target': params, 'regressors': extra_params}`: the rules match the target's parameter names
+  as usual, and the extra parameters train in the base group.
   """
   name = _get(cfg, "name", None)
   if name not in OPTIMIZERS:
     raise ConfigError("optimizer.name", name, OPTIMIZERS)
   schedule = make_schedule(cfg, steps_per_epoch, num_epochs)
   labels = group_labels(cfg, params)
+  described = masks.describe_trainable(params, tuple(_get(cfg, "frozen", ()) or ()))
   decay_exclude = tuple(_get(cfg, "decay_exclude", ()) or ())
   decay_mask = None
   if decay_exclude:
     excl = masks.label_params(params, [(r, True) for r in decay_exclude], False,
                               field="optimizer.decay_exclude")
     decay_mask = jax.tree.map(lambda e: not e, excl)
+  if extra_params is not None:
+    labels = {"target": labels, "regressors": jax.tree.map(lambda _: "lr_x1.0", extra_params)}
+    if decay_mask is not None:
+      decay_mask = {"target": decay_mask,
+                    "regressors": jax.tree.map(lambda _: True, extra_params)}
+    params = {"target": params, "regressors": extra_params}
 
   groups = sorted(set(jax.tree.leaves(labels)))
   transforms = {}
@@ -212,8 +242,7 @@ def make_optimizer(cfg: Any, steps_per_epoch: int, num_epochs: int,
     parts.append(optax.clip_by_global_norm(float(clip)))
   parts.append(optax.multi_transform(transforms, labels))
   parts.append(scale_by_lr_scale())
-  logging.info("optimizer %s, groups %s; %s", name, groups,
-               masks.describe_trainable(params, tuple(_get(cfg, "frozen", ()) or ())))
+  logging.info("optimizer %s, groups %s; %s", name, groups, described)
   return optax.chain(*parts)
 
 

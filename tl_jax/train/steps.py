@@ -9,13 +9,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tl_jax.models.layers import frozen_batch_norm
+from tl_jax.models.layers import batch_norm_mask, frozen_batch_norm
 
 Batch = dict[str, jax.Array]
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def _default_preprocess(images: jax.Array) -> jax.Array:
+def default_preprocess(images: jax.Array) -> jax.Array:
+  """uint8 -> float32 in [0, 1]."""
   return images.astype(jnp.float32) / 255.0
 
 
@@ -56,7 +57,9 @@ def make_train_step(model: Any, preprocess_train: Optional[Callable[[jax.Array, 
   - `preprocess_train(key, uint8 images) -> float32 images` runs inside the step (augmentation on
     device); default: scale to [0, 1].
   - `loss_fn(logits, labels) -> per-example loss`; default cross-entropy with `label_smoothing`.
-    A 'mask' in the batch (1 real, 0 padding) weights the mean.
+    A 'mask' in the batch (1 real, 0 padding) weights the mean and restricts BatchNorm's batch
+    statistics to the real rows (`tl_jax.models.layers.batch_norm_mask`), so a padded batch
+    gives the loss, gradients and BN statistics of its real rows alone.
   - `extra_loss(params, aux) -> scalar` is added to the loss, aux = {logits, features, labels,
     images, mask} (for L2-SP, feature matching, ...).
   - `bn_frozen=True` runs every BatchNorm in inference mode (it uses and keeps its running
@@ -73,16 +76,21 @@ def make_train_step(model: Any, preprocess_train: Optional[Callable[[jax.Array, 
   loss_fn = loss_fn or cross_entropy(label_smoothing)
 
   def train_step(state, batch: Batch, key: jax.Array):
-    key = jax.random.fold_in(key, state.step)
+    # `key` is used as given: the engine folds it with the seed's global step
     aug_key, dropout_key = jax.random.split(key)
     images = batch["image"]
-    x = preprocess(aug_key, images) if preprocess is not None else _default_preprocess(images)
+    x = preprocess(aug_key, images) if preprocess is not None else default_preprocess(images)
     labels = batch["label"]
     mask = _mask(batch)
     denom = jnp.maximum(mask.sum(), 1.0)
     has_bn = bool(jax.tree.leaves(state.batch_stats))
+    bn_mask = batch.get("mask")
 
     def compute_loss(params):
+      with batch_norm_mask(bn_mask):
+        return _compute_loss(params)
+
+    def _compute_loss(params):
       variables = {"params": params}
       if has_bn:
         variables["batch_stats"] = state.batch_stats
@@ -138,7 +146,7 @@ def make_eval_step(model: Any, preprocess_eval: Optional[Callable[[jax.Array], j
 
   def eval_step(state, batch: Batch):
     images = batch["image"]
-    x = preprocess_eval(images) if preprocess_eval is not None else _default_preprocess(images)
+    x = preprocess_eval(images) if preprocess_eval is not None else default_preprocess(images)
     variables = {"params": state.params}
     if jax.tree.leaves(state.batch_stats):
       variables["batch_stats"] = state.batch_stats

@@ -13,7 +13,7 @@ from flax import linen as nn
 import jax
 
 from tl_jax.errors import check_choice
-from tl_jax.models.layers import bn_inference
+from tl_jax.models.layers import batch_norm
 
 HEADS = ("default", "linear", "dense256", "custom_resnet")
 
@@ -41,8 +41,8 @@ class CustomResNetHead(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    bn = lambda name: nn.BatchNorm(use_running_average=bn_inference(train),  # noqa: E731
-                                   momentum=self.bn_momentum, epsilon=1e-3, name=name)
+    bn = lambda name: batch_norm(train, name, momentum=self.bn_momentum,  # noqa: E731
+                                 epsilon=1e-3)
     x = x.reshape((x.shape[0], -1))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = bn("bn1")(x)

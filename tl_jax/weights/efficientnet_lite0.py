@@ -12,7 +12,7 @@ import os
 import re
 
 from tl_jax.errors import ConfigError
-from tl_jax.weights import Variables, assign_from_torch, read_torch_state_dict, \
+from tl_jax.weights.common import Variables, assign_from_torch, read_torch_state_dict, \
     template_variables
 
 DEFAULT_PATH = "shared://data/efficientnet_lite0_imagenet/weights.npz"

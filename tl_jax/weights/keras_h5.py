@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from tl_jax.errors import ConfigError
-from tl_jax.weights import Variables, flatten, resolve_existing, template_variables, unflatten
+from tl_jax.weights.common import Variables, flatten, resolve_existing, template_variables, \
+    unflatten
 
 KERAS_TO_FLAX = {"kernel": ("params", "kernel"), "bias": ("params", "bias"),
                  "gamma": ("params", "scale"), "beta": ("params", "bias"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 
-from tl_jax.weights import Variables, assign_from_torch, read_torch_state_dict, \
+from tl_jax.weights.common import Variables, assign_from_torch, read_torch_state_dict, \
     template_variables
 
 DEFAULT_PATH = "shared://weights/resnet32_tinyimagenet_l2tww.npz"
