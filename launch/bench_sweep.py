@@ -1,11 +1,18 @@
-"""K seeds as one vmapped program vs K sequential runs of the same work (not a test).
+"""K seeds through the engine: one vmapped program, one lax.map program, or K separate runs
+(not a test; a benchmark for a quiet machine).
 
-    python launch/bench_sweep.py [--k 8] [--model lenet5] [--epochs 3] [--n_per_class 20]
+    python launch/bench_sweep.py --method scratch --k 8 [--batch 128] [--epochs 4]
+    python launch/bench_sweep.py --method l2t_ww --k 8 --epochs 2
+    python launch/bench_sweep.py --flops                    # XLA cost analysis, every method
 
-Same data (scikit-learn digits upsampled to 32x32, N per class per seed, 10 validation images per
-class), same keys and batches on both paths (tl_jax.sweep.vmapped.run_vmapped vs run_sequential);
-compile time excluded (one warm-up call each). Reports images/s over the K runs and writes
-sweep_<hardware>.json / .md atomically under --out.
+The thesis shapes: VGG-9 target at 32x32, batch 128 (one full batch per epoch, as N = 10 per
+class gives 100 images), 15 pairs from a ResNet-32 source for L2T (random weights: timing does
+not depend on them). Each (method, mode) runs in its own subprocess so that its peak resident
+memory (ru_maxrss) is its own; the epoch times are the engine's per-epoch wall times (one
+compiled call per epoch) and the first epoch, which compiles, is excluded. `--flops` prints the
+FLOPs of one compiled step per method from `jit(...).lower(...).compile().cost_analysis()`.
+Results go to --out as bench_sweep_<hardware>.json (atomically); the README is written by hand
+from them, with the command beside each number.
 """
 
 from __future__ import annotations
@@ -15,86 +22,162 @@ import datetime as dt
 import json
 import os
 import pathlib
+import resource
 import subprocess
 import sys
-
-import jax
+import tempfile
+import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "launch"))
 
-from bench_l2t import cpu_name, hardware_slug  # noqa: E402
-from tl_jax import models  # noqa: E402
-from tl_jax.data import augment  # noqa: E402
-from tl_jax.data.sources_extra import load_digits  # noqa: E402
-from tl_jax.data.sources import pil_resize  # noqa: E402
-from tl_jax.sweep import vmapped  # noqa: E402
-from tl_jax.train import optim  # noqa: E402
+MODES = ("vmap", "map", "separate")
+METHODS = ("scratch", "ufm", "l2t_ww", "l2t_www")
+
+
+def build(method: str, batch: int, epochs: int):
+  """(segments, consts, variables_of_one_seed, image pool, labels) at the thesis shapes."""
+  import jax
+  import numpy as np
+  from tl_jax import models
+  from tl_jax.data import augment
+  from tl_jax.engine import fit as engine
+  from tl_jax.engine.learners import FeatureMatchingLearner, SupervisedLearner
+  from tl_jax.kt import KTConfig, KnowledgeTransfer, pairs_for_models
+  from tl_jax.kt import matching
+  from tl_jax.train import optim
+  inp = {"augment": "crop_flip", "normalize": "imagenet"}
+  aug, pre = augment.make_augment(inp), augment.make_preprocess(inp)
+  target = models.create_model("vgg9", 10)
+  x0 = np.zeros((1, 32, 32, 3), np.float32)
+  tv = jax.jit(lambda k: target.init({"params": k, "dropout": k}, x0, train=False))(
+      jax.random.key(0))
+  ocfg = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
+          "decay_type": "coupled", "schedule": "cosine", "schedule_unit": "epoch"}
+  consts = None
+  if method == "scratch":
+    tx = optim.make_optimizer(ocfg, 1, epochs, tv["params"])
+    learner = SupervisedLearner(target, tx, aug, pre)
+  else:
+    source = models.create_model("resnet32", 200)
+    consts = jax.jit(lambda k: source.init(k, x0, train=False))(jax.random.key(1))
+    from tl_jax.config import base_config
+    pairs = pairs_for_models(base_config().kt.pairs, source, consts, target, tv, (32, 32, 3))
+    regs = jax.eval_shape(lambda: matching.init_regressors(pairs, jax.random.key(0)))
+    tx = optim.make_optimizer(ocfg, 1, epochs, tv["params"], extra_params=regs)
+    kt = KnowledgeTransfer(source, target, pairs, KTConfig(method=method),
+                           optim.make_schedule(ocfg, 1, epochs), preprocess=aug, tx=tx)
+    learner = FeatureMatchingLearner(kt, pre)
+  seg = engine.Segment("train", epochs, learner, 0.1)
+  rng = np.random.default_rng(0)
+  n = batch + 128  # one training batch + 128 validation images
+  images = rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)
+  labels = rng.integers(0, 10, n).astype(np.int32)
+  return seg, consts, dict(tv), images, labels
+
+
+def child(args) -> dict:
+  """One measurement in this process: K seeds of `method` in `mode`."""
+  import jax
+  import numpy as np
+  from tl_jax.engine import fit as engine
+  seg, consts, tv, images, labels = build(args.method, args.batch, args.epochs)
+  cfg = engine.FitConfig(batch_size=args.batch, eval_batch_size=128,
+                         seed_loop="map" if args.mode == "separate" else args.mode)
+  groups = [[s] for s in range(args.k)] if args.mode == "separate" else [list(range(args.k))]
+  per_epoch = np.zeros(args.epochs)
+  t0 = time.time()
+  with tempfile.TemporaryDirectory() as tmp:
+    for g in groups:
+      k = len(g)
+      data = engine.SeedData(images, labels,
+                             np.tile(np.arange(args.batch, dtype=np.int32), (k, 1)),
+                             np.arange(args.batch, args.batch + 128), 10)
+      variables = jax.tree.map(lambda x: np.stack([np.asarray(x)] * k), tv)
+      res = engine.fit([seg], data, g, variables, cfg,
+                       [pathlib.Path(tmp) / f"s{s}" for s in g], consts=consts)
+      per_epoch += np.array([r["time_s"] for r in res.histories[0]])
+  steady = per_epoch[1:]
+  return {"method": args.method, "mode": args.mode, "k": args.k, "batch": args.batch,
+          "epoch_s_all_seeds": per_epoch.tolist(), "median_epoch_s": float(np.median(steady)),
+          "images_per_s": args.k * args.batch / float(np.median(steady)),
+          "first_epoch_s_incl_compile": float(per_epoch[0]), "wall_s": time.time() - t0,
+          "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def flops(batch: int) -> dict:
+  """FLOPs of one compiled training step (K = 1) per method, from XLA's cost analysis."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  out = {}
+  for method in METHODS:
+    seg, consts, tv, images, labels = build(method, batch, 1)
+    state = jax.jit(seg.learner.init)(jax.random.key(0), tv)
+    b = {"image": jnp.asarray(images[:batch]), "label": jnp.asarray(labels[:batch]),
+         "mask": jnp.ones(batch, jnp.float32)}
+    lowered = jax.jit(seg.learner.step).lower(state, b, jax.random.key(1), consts)
+    cost = lowered.compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    ev = jax.jit(seg.learner.eval_logits).lower(seg.learner.eval_variables(state),
+                                                b["image"]).compile().cost_analysis()
+    ev = ev[0] if isinstance(ev, (list, tuple)) else ev
+    out[method] = {"train_step_flops": float(cost["flops"]),
+                   "eval_flops_per_image": float(ev["flops"]) / batch}
+    print(f"{method:>8s}: {cost['flops'] / 1e9:10.1f} GFLOP per step of batch {batch}; "
+          f"eval {ev['flops'] / batch / 1e6:.1f} MFLOP per image", flush=True)
+  del np
+  return out
 
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--method", default="scratch", choices=METHODS)
   ap.add_argument("--k", type=int, default=8)
-  ap.add_argument("--model", default="lenet5")
-  ap.add_argument("--epochs", type=int, default=3)
-  ap.add_argument("--n_per_class", type=int, default=20)
-  ap.add_argument("--batch", type=int, default=32)
-  ap.add_argument("--repeats", type=int, default=3)
+  ap.add_argument("--batch", type=int, default=128)
+  ap.add_argument("--epochs", type=int, default=4, help="epochs per run (the first compiles)")
+  ap.add_argument("--modes", default=",".join(MODES))
+  ap.add_argument("--mode", help=argparse.SUPPRESS)  # child process
+  ap.add_argument("--flops", action="store_true")
   ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks"))
   args = ap.parse_args(argv)
-  ds = load_digits()
-  images = pil_resize(ds.images, (32, 32))
-  kwargs = {"variant": "modern"} if args.model == "lenet5" else {}
-  model = models.create_model(args.model, 10, **kwargs)
-  seeds = list(range(args.k))
-  data = vmapped.draw_seed_data(ds.labels, seeds, args.n_per_class, 10)
-  n_train = data.train_idx.shape[1]
-  spe = -(-n_train // args.batch)
-  tx = optim.make_optimizer({"name": "sgd", "lr": 0.05, "momentum": 0.9, "schedule": "constant"},
-                            spe, args.epochs, None)
-  spec = vmapped.LoopSpec(args.batch, 256)
-  aug = augment.make_augment({"augment": "none", "normalize": "zero_one"})
-  pre = augment.make_preprocess({"normalize": "zero_one"})
-  times = {"vmapped": [], "sequential": []}
-  for _ in range(args.repeats):
-    r = vmapped.time_both_paths(model, tx, images, ds.labels, data, spec, args.epochs, aug, pre)
-    times["vmapped"].append(r["vmapped_s"])
-    times["sequential"].append(r["sequential_s"])
-  work = args.k * args.epochs * spe * args.batch
-  res = {name: {"median_s": sorted(t)[len(t) // 2], "times_s": t,
-                "images_per_s": work / sorted(t)[len(t) // 2]} for name, t in times.items()}
-  commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                          text=True).stdout.strip()
+  if args.mode:
+    print("RESULT " + json.dumps(child(args)), flush=True)
+    return 0
+  import jax
+  from tl_jax.analysis.report import git_commit, hardware_description
   meta = {"command": "python launch/bench_sweep.py " + " ".join(argv or sys.argv[1:]),
-          "git_commit": commit,
-          "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-          "hardware": f"{cpu_name()}, {os.cpu_count()} cores" if jax.default_backend() == "cpu"
-          else jax.devices()[0].device_kind, "backend": jax.default_backend(),
-          "devices": jax.device_count(), "jax": jax.__version__, "k": args.k,
-          "model": args.model, "epochs": args.epochs, "n_train_per_seed": n_train,
-          "batch": args.batch, "images_trained_per_call": work,
-          "load_average_at_end": os.getloadavg()}
-  for name, r in res.items():
-    print(f"{name:>10s}: {r['median_s']:.2f} s for K={args.k} ({r['images_per_s']:.0f} img/s)")
+          "commit": git_commit(), "hardware": hardware_description(),
+          "backend": jax.default_backend(), "jax": jax.__version__,
+          "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+  results = []
+  if args.flops:
+    results.append({"flops": flops(args.batch), "batch": args.batch})
+  else:
+    for mode in args.modes.split(","):
+      cmd = [sys.executable, __file__, "--method", args.method, "--k", str(args.k), "--batch",
+             str(args.batch), "--epochs", str(args.epochs), "--mode", mode]
+      proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+      line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+      if proc.returncode or not line:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        return 1
+      r = json.loads(line[0][len("RESULT "):])
+      print(f"{args.method} K={args.k} {mode:>8s}: {r['median_epoch_s']:.2f} s per epoch of all "
+            f"seeds ({r['images_per_s']:.1f} img/s), peak RSS {r['peak_rss_mib']:.0f} MiB",
+            flush=True)
+      results.append(r)
+  meta["load_average_at_end"] = os.getloadavg()
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  slug = hardware_slug()
-  tmp = out / f".sweep_{slug}.json.tmp"
-  tmp.write_text(json.dumps({"meta": meta, "results": res}, indent=2))
-  tmp.replace(out / f"sweep_{slug}.json")
-  lines = [f"# K={args.k} seeds: one vmapped program vs sequential runs ({meta['hardware']})", "",
-           f"Command: `{meta['command']}`; commit {commit}; {meta['date']}; jax {jax.__version__};"
-           f" {args.model}, {args.epochs} epochs x {spe} steps of batch {args.batch} per seed; "
-           f"median of {args.repeats} (compile excluded); 1-min load at the end "
-           f"{meta['load_average_at_end'][0]:.2f}.", "",
-           "| path | median s | img/s |", "|---|---:|---:|"]
-  for name, r in res.items():
-    lines.append(f"| {name} | {r['median_s']:.2f} | {r['images_per_s']:.0f} |")
-  tmp = out / f".sweep_{slug}.md.tmp"
-  tmp.write_text("\n".join(lines) + "\n")
-  tmp.replace(out / f"sweep_{slug}.md")
+  name = "flops" if args.flops else f"{args.method}_k{args.k}_b{args.batch}"
+  path = out / f"bench_sweep_{name}.json"
+  tmp = path.with_suffix(".json.tmp")
+  tmp.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+  tmp.replace(path)
+  print(path)
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  raise SystemExit(main())

@@ -33,6 +33,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep root; cell workdirs are "
 _HOST = flags.DEFINE_integer("host_index", 0, "This host's index (0-based).")
 _NUM_HOSTS = flags.DEFINE_integer("num_hosts", 1, "Hosts sharing the grid round-robin.")
 _PRINT = flags.DEFINE_bool("print_commands", False, "Print one command per host and exit.")
+_RUN_UNIT = flags.DEFINE_string("run_unit", None, "module:function(config, seeds, workdirs) that "
+                                "runs one unit (default tl_jax.experiment:run_seeds).")
 _DRY = flags.DEFINE_bool("dry_run", False, "List the cells this host would run and exit.")
 _KEEP = flags.DEFINE_bool("keep_going", True, "Log a failing cell and continue (exit 1 at end).")
 
@@ -48,14 +50,15 @@ def main(argv):
       cells = grid.expand_grid(config, _WORKDIR.value)  # validates the grid before printing
       overrides = [f"--config.{k}={v}"
                    for k, v in config_flags.get_override_values(flags.FLAGS["config"]).items()]
-      extra = overrides
+      extra = overrides + ([f"--run_unit={_RUN_UNIT.value}"] if _RUN_UNIT.value else [])
       for cmd in grid.host_commands(config_flags.get_config_filename(flags.FLAGS["config"]),
                                     _WORKDIR.value, _NUM_HOSTS.value, extra,
                                     script=os.path.relpath(__file__), python="python"):
         print(cmd)
       print(f"# {len(cells)} cells over {_NUM_HOSTS.value} host(s)", file=sys.stderr)
       return 0
-    rep = grid.run_grid(config, _WORKDIR.value, None, _HOST.value, _NUM_HOSTS.value,
+    run_unit = grid.load_run_unit(_RUN_UNIT.value) if not _DRY.value else None
+    rep = grid.run_grid(config, _WORKDIR.value, run_unit, _HOST.value, _NUM_HOSTS.value,
                         keep_going=_KEEP.value, dry_run=_DRY.value)
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)

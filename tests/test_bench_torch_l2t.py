@@ -42,7 +42,8 @@ torch = pytest.importorskip("torch")
 
 from tl_jax import models  # noqa: E402
 from tl_jax.bench import torch_l2t as tl  # noqa: E402
-from tl_jax.kt import KTConfig, KnowledgeTransfer, pairs_for_models  # noqa: E402
+from tl_jax.kt import (KTConfig, KnowledgeTransfer, momentum_of, pairs_for_models,  # noqa: E402
+                       with_momentum)
 from tl_jax.weights import torch_twins as tt  # noqa: E402
 
 WIDTHS = (4, 8, 8)
@@ -95,9 +96,9 @@ def _capture_meta_grad(kt):
   kt.meta_tx = optax.GradientTransformation(inner.init, update)
 
   @jax.jit
-  def run(state, batch, key):
+  def run(state, batch, key, source_variables):
     seen.clear()
-    new, metrics = kt.iteration(state, batch, key)
+    new, metrics = kt.iteration(state, batch, key, source_variables)
     return new, metrics, (seen[0] if seen else {})
   return run
 
@@ -106,18 +107,19 @@ def _run(method, pairs_spec=PAIRS, weight_decay=0.05, **cfg):
   src, tgt, sv, tv, pairs = _models(pairs_spec)
   kt = KnowledgeTransfer(src, tgt, pairs, KTConfig(method=method, weight_decay=weight_decay, **cfg), lambda s: jnp.asarray(LR))
   rng = np.random.default_rng(1)
-  state = kt.init(jax.random.key(2), tv, sv)
+  state = kt.init(jax.random.key(2), tv)
   noise = lambda s, a: jnp.asarray(a + rng.normal(0, s, a.shape), jnp.float32)  # noqa: E731
+  velocity = jax.tree.map(functools.partial(noise, 0.01), momentum_of(state.opt_state))
   state = state.replace(meta_params=jax.tree.map(functools.partial(noise, 0.05), state.meta_params),
-                        opt_state=jax.tree.map(functools.partial(noise, 0.01), state.opt_state))
+                        opt_state=with_momentum(state.opt_state, velocity))
   batch = {"image": jnp.asarray(rng.standard_normal((B, 32, 32, 3)), jnp.float32),
            "label": jnp.asarray([0, 2], jnp.int32)}
   tkt = tl.TorchKnowledgeTransfer(tt.ResNet32L2T(5, WIDTHS), tt.VGG9(NC, cfg=CFG), pairs, kt.config)
-  tl.load_kt_state(tkt, state)
+  tl.load_kt_state(tkt, state, sv)
   run = _capture_meta_grad(kt)
-  new, metrics, meta_grad = run(state, batch, jax.random.key(3))
+  new, metrics, meta_grad = run(state, batch, jax.random.key(3), sv)
   got = _torch_iteration(tkt, batch)
-  return state, new, metrics, meta_grad, tkt, got, (kt, run, batch)
+  return state, new, metrics, meta_grad, tkt, got, (kt, run, batch, sv)
 
 
 def _torch_iteration(tkt, batch):
@@ -139,8 +141,9 @@ def _check_real_step(state, new, metrics, tkt, got):
                   _np(tl.target_state_from_flax(state.params)))
   _close_per_leaf(_np(tkt.regressors.state_dict()), _np(tl.regressor_state_from_flax(new.regressors)),
                   _np(tl.regressor_state_from_flax(state.regressors)))
-  want_v = {**{f"t.{k}": v for k, v in tl.target_state_from_flax(new.opt_state["target"]).items()},
-            **{f"r.{k}": v for k, v in tl.regressor_state_from_flax(new.opt_state["regressors"]).items()}}
+  velocity = momentum_of(new.opt_state)
+  want_v = {**{f"t.{k}": v for k, v in tl.target_state_from_flax(velocity["target"]).items()},
+            **{f"r.{k}": v for k, v in tl.regressor_state_from_flax(velocity["regressors"]).items()}}
   _close_per_leaf(_np(tl.momentum_state(tkt)), _np(want_v))
   for k in ("ce", "wfm", "loss"):
     np.testing.assert_allclose(got[k], float(metrics[k]), **TOL)
@@ -155,6 +158,7 @@ def _check_real_step(state, new, metrics, tkt, got):
 
 
 def _check_meta(state, new, metrics, meta_grad, tkt, got, grad_tol=1e-4):
+  assert float(metrics["nonfinite"]) == 0.0
   np.testing.assert_allclose(got["meta_loss"], float(metrics["meta_loss"]), rtol=1e-4, atol=1e-6)
   want_g = _np(tl.meta_state_from_flax(meta_grad))
   got_g = _np(tkt.last_meta_grad)
@@ -181,7 +185,7 @@ def _check_meta(state, new, metrics, meta_grad, tkt, got, grad_tol=1e-4):
 
 
 def test_l2t_ww_iteration_matches_tl_jax():
-  state, new, metrics, meta_grad, tkt, got, (kt, run, batch) = _run("l2t_ww")
+  state, new, metrics, meta_grad, tkt, got, (kt, run, batch, sv) = _run("l2t_ww")
   _check_real_step(state, new, metrics, tkt, got)
   _check_meta(state, new, metrics, meta_grad, tkt, got)
   assert "which" not in str(list(tkt.meta.state_dict()))
@@ -189,9 +193,9 @@ def test_l2t_ww_iteration_matches_tl_jax():
   # the updated BN statistics and momentum; reuses the compiled step
   tkt2 = tl.TorchKnowledgeTransfer(tt.ResNet32L2T(5, WIDTHS), tt.VGG9(NC, cfg=CFG), kt.pairs,
                                    kt.config)
-  tl.load_kt_state(tkt2, new)
+  tl.load_kt_state(tkt2, new, sv)
   assert all(float(s["step"]) == 1.0 for s in tkt2.meta_opt.state.values())
-  new2, metrics2, meta_grad2 = run(new, batch, jax.random.key(3))
+  new2, metrics2, meta_grad2 = run(new, batch, jax.random.key(3), sv)
   got2 = _torch_iteration(tkt2, batch)
   _check_real_step(new, new2, metrics2, tkt2, got2)
   _check_meta(new, new2, metrics2, meta_grad2, tkt2, got2)
@@ -216,9 +220,22 @@ def test_l2t_www_meta_gradient_matches_tl_jax():
 def test_unknown_method_is_config_error():
   from tl_jax.errors import ConfigError
   _, _, _, _, pairs = _models()
-  for cfg in (KTConfig(method="scratch"), KTConfig(first_order=True)):
+  for cfg in (KTConfig(method="scratch"), KTConfig(first_order=True), KTConfig(bn_frozen=True)):
     with pytest.raises(ConfigError):
       tl.TorchKnowledgeTransfer(tt.ResNet32L2T(5, WIDTHS), tt.VGG9(NC, cfg=CFG), pairs, cfg)
+
+
+def test_load_kt_state_rejects_an_lr_scale():
+  """The twin takes its LR per call; a reduce-on-plateau scale in the optax state would be lost."""
+  from tl_jax.errors import ConfigError
+  from tl_jax.train import optim
+  src, tgt, sv, tv, pairs = _models()
+  kt = KnowledgeTransfer(src, tgt, pairs, KTConfig(method="ufm"), lambda s: jnp.asarray(LR))
+  state = kt.init(jax.random.key(2), tv)
+  tkt = tl.TorchKnowledgeTransfer(tt.ResNet32L2T(5, WIDTHS), tt.VGG9(NC, cfg=CFG), pairs, kt.config)
+  tl.load_kt_state(tkt, state, sv)
+  with pytest.raises(ConfigError):
+    tl.load_kt_state(tkt, state.replace(opt_state=optim.set_lr_scale(state.opt_state, 0.5)), sv)
 
 
 def test_bench_torch_augment_is_pad4_crop_flip_normalise():

@@ -1,8 +1,6 @@
-"""Checkpoint round trips and bit-identical resume of an interrupted fit on CPU."""
+"""Checkpoint round trips and bit-identical resume of an interrupted engine run on CPU."""
 
 from __future__ import annotations
-
-import functools
 
 import flax.linen as nn
 import jax
@@ -11,7 +9,7 @@ import ml_collections as mc
 import numpy as np
 import pytest
 
-from tl_jax.train import checkpoint, jsonl, loop, optim, steps
+from tl_jax.train import checkpoint, jsonl, optim, steps
 from tl_jax.train.state import TrainState
 
 
@@ -45,46 +43,47 @@ def _aug(key, images):
 NUM_EPOCHS, BATCH, N_TRAIN = 4, 8, 20  # 2 steps per epoch (drop_last)
 
 
-@functools.lru_cache(maxsize=None)
-def _compiled():
-  """Model, optimiser and jitted steps shared by every run (one compilation for the file)."""
-  model = TinyCNN()
-  v = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 6, 6, 3)))
-  ocfg = mc.ConfigDict(dict(name="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3,
-                            schedule="cosine", schedule_unit="epoch", frozen=("conv/bias",)))
-  tx = optim.make_optimizer(ocfg, N_TRAIN // BATCH, NUM_EPOCHS, v["params"])
-  return model, v, tx, steps.make_train_step(model, _aug), steps.make_eval_step(model)
+def _segments(model, params):
+  """Two segments (as two-stage fine-tuning): conv bias frozen, then everything at a lower LR."""
+  from tl_jax.engine import fit as engine
+  from tl_jax.engine.learners import SupervisedLearner
+  segs = []
+  for name, lr, frozen in (("stage1", 0.1, ("conv/bias",)), ("stage2", 0.03, ())):
+    ocfg = mc.ConfigDict(dict(name="sgd", lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-3,
+                              schedule="cosine", schedule_unit="epoch", frozen=frozen))
+    tx = optim.make_optimizer(ocfg, N_TRAIN // BATCH, NUM_EPOCHS, params)
+    segs.append(engine.Segment(name, NUM_EPOCHS, SupervisedLearner(model, tx, _aug, None), lr))
+  return segs
 
 
-def _fresh():
-  """A freshly initialised state (new buffers: the train step donates them)."""
-  model, v, tx, train_step, eval_step = _compiled()
-  v = jax.tree.map(jnp.copy, v)
-  state = TrainState.create(model.apply, v["params"], v["batch_stats"], tx)
-  return state, train_step, eval_step
-
-
-def _cfg():
-  return mc.ConfigDict(dict(num_epochs=NUM_EPOCHS, batch_size=BATCH, monitor="val_loss",
-                            progress=False, checkpoint_every=2,
-                            early_stopping=dict(patience=10, min_delta=0.04),
-                            reduce_lr=dict(patience=1, factor=0.5, min_delta=0.1)))
-
-
-class Crash(RuntimeError):
+class Crash(Exception):
   pass
 
 
-def _crashing(train_step, at_call):
-  calls = [0]
+def _fit(workdir, crash_epoch=None):
+  """A K = 2 engine run with reduce-LR and early stopping, checkpointed every epoch; with
+  `crash_epoch` the process 'dies' in that (global) epoch's end-of-epoch hook, after its
+  metrics were logged and before its checkpoint."""
+  from tl_jax.engine import fit as engine
+  model = TinyCNN()
+  v = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 6, 6, 3)))
+  train, val = _ds(N_TRAIN, 0), _ds(8, 1)
+  images = np.concatenate([train["image"], val["image"]])
+  labels = np.concatenate([train["label"], val["label"]])
+  data = engine.SeedData(images, labels, np.stack([np.arange(N_TRAIN)] * 2),
+                         np.arange(N_TRAIN, N_TRAIN + 8), 3)
+  cfg = engine.FitConfig(batch_size=BATCH, eval_batch_size=5, drop_last=True,
+                         monitor="val_accuracy", patience=6, rl_patience=0, rl_factor=0.5,
+                         checkpoint_every=1)
+  variables = jax.tree.map(lambda x: np.stack([np.asarray(x)] * 2), dict(v))
 
-  def step(state, batch, key):
-    if calls[0] == at_call:
-      raise Crash(f"simulated preemption at call {at_call}")
-    calls[0] += 1
-    return train_step(state, batch, key)
+  def hook(i, state, record):
+    if crash_epoch is not None and record["epoch"] == crash_epoch:
+      raise Crash()
 
-  return step
+  wds = [workdir / "s0", workdir / "s1"]
+  return engine.fit(_segments(model, v["params"]), data, (0, 1), variables, cfg, wds,
+                    checkpoint_dir=workdir / "ckpt", on_epoch_end=hook)
 
 
 def _strip(hist):
@@ -99,35 +98,32 @@ def _assert_trees_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.parametrize("crash_call", [5, 7])  # mid epoch 2; mid epoch 3 (after its log line)
-def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, crash_call):
-  train, val, rng = _ds(N_TRAIN, 0), _ds(8, 1), jax.random.PRNGKey(5)
-  state, train_step, eval_step = _fresh()
-  ref_best, ref_hist = loop.fit(state, train_step, eval_step, train, val, _cfg(),
-                                str(tmp_path / "ref"), rng)
-  ref_final = checkpoint.Checkpointer(tmp_path / "ref" / "checkpoints").restore_latest(
-      checkpoint.abstract_like(ref_best))[0]
+def _fresh():
+  """A freshly initialised state and a jitted train step (the step donates the state)."""
+  model = TinyCNN()
+  v = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 6, 6, 3)))
+  ocfg = mc.ConfigDict(dict(name="sgd", lr=0.1, momentum=0.9, schedule="constant"))
+  tx = optim.make_optimizer(ocfg, N_TRAIN // BATCH, NUM_EPOCHS, v["params"])
+  state = TrainState.create(model.apply, v["params"], v["batch_stats"], tx)
+  return state, steps.make_train_step(model, _aug), None
 
-  work = str(tmp_path / "run")
-  state, train_step, eval_step = _fresh()
+
+@pytest.mark.parametrize("crash_epoch", [2, 5])  # in stage 1; in stage 2
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, crash_epoch):
+  ref = _fit(tmp_path / "ref")
   with pytest.raises(Crash):
-    loop.fit(state, _crashing(train_step, crash_call), eval_step, train, val, _cfg(), work, rng)
-  logged = jsonl.read_jsonl(tmp_path / "run" / "metrics.jsonl")
-  assert len(logged) == crash_call // 2  # epochs finished before the crash
-  state, train_step, eval_step = _fresh()  # new process: fresh objects, same config
-  best, hist = loop.fit(state, train_step, eval_step, train, val, _cfg(), work, rng)
-  final = checkpoint.Checkpointer(tmp_path / "run" / "checkpoints").restore_latest(
-      checkpoint.abstract_like(best))[0]
-
-  _assert_trees_equal(final, ref_final)
-  _assert_trees_equal(best, ref_best)
-  assert _strip(hist) == _strip(ref_hist)
-  assert _strip(jsonl.read_jsonl(tmp_path / "run" / "metrics.jsonl")) == \
-      _strip(jsonl.to_jsonable(ref_hist))
-  assert int(final.step) == NUM_EPOCHS * (N_TRAIN // BATCH)
-  # The scenario exercises the restored callback state: the LR was reduced and best != final.
-  assert len({h["lr_scale"] for h in ref_hist}) > 1
-  assert int(ref_best.step) < int(ref_final.step)
+    _fit(tmp_path / "run", crash_epoch)
+  logged = jsonl.read_jsonl(tmp_path / "run" / "s0" / "metrics.jsonl")
+  assert len(logged) == crash_epoch + 1  # the crashed epoch was logged, not checkpointed
+  got = _fit(tmp_path / "run")  # a new process: fresh objects, same config
+  _assert_trees_equal(got.variables, ref.variables)
+  for i in range(2):
+    assert _strip(got.histories[i]) == _strip(ref.histories[i])
+    assert _strip(jsonl.read_jsonl(tmp_path / "run" / f"s{i}" / "metrics.jsonl")) == \
+        _strip(ref.histories[i])
+  # The scenario exercises the restored callback state: the LR was reduced, two stages ran.
+  assert len({h["lr_scale"] for h in ref.histories[0]}) > 1
+  assert {h["stage"] for h in ref.histories[0]} == {"stage1", "stage2"}
 
 
 def test_checkpointer_roundtrip_restores_types_and_values(tmp_path):

@@ -151,37 +151,45 @@ def _train_fn(model, variables):
   return fn
 
 
-# (id, model, input shape, real rows, padded rows)
+# (id, model, input shape, real rows, padded rows, dtype). vgg9 runs in float64: in float32 the
+# padded and unpadded programs round differently (~1e-7), which can flip a near-tie of a max-pool
+# window and move that window's gradient elsewhere (seen once in 16k windows, a 2% change in the
+# conv0 gradient): a property of max-pool gradients, not of the mask.
 MASK_CASES = [
-    ("tiny_cnn", lambda: models.create_model("tiny_cnn", 5, width=4), (8, 8, 3), 44, 84),
+    ("tiny_cnn", lambda: models.create_model("tiny_cnn", 5, width=4), (8, 8, 3), 44, 84,
+     jnp.float32),
     ("seed003_cnn_bn", lambda: models.create_model("seed003_cnn", 5, batch_norm=True, width=4,
-                                                   fc=8), (8, 8, 3), 44, 84),
+                                                   fc=8), (8, 8, 3), 44, 84, jnp.float32),
     ("custom_resnet_head", lambda: CustomResNetHead(5, dropout=0.0, bn_momentum=0.9), (12,),
-     44, 84),
-    ("resnet32", lambda: models.create_model("resnet32", 5), (16, 16, 3), 11, 21),
-    ("vgg9", lambda: models.create_model("vgg9", 5), (32, 32, 3), 11, 21),
+     44, 84, jnp.float32),
+    ("resnet32", lambda: models.create_model("resnet32", 5), (16, 16, 3), 11, 21, jnp.float32),
+    ("vgg9_f64", lambda: models.create_model("vgg9", 5), (32, 32, 3), 11, 21, jnp.float64),
 ]
 
 
-@pytest.mark.parametrize("make,shape,n_real,n_pad", [c[1:] for c in MASK_CASES],
+@pytest.mark.parametrize("make,shape,n_real,n_pad,dtype", [c[1:] for c in MASK_CASES],
                          ids=[c[0] for c in MASK_CASES])
-def test_masked_batch_norm_equals_real_rows_alone(make, shape, n_real, n_pad):
-  model = make()
-  x, y, xp, yp, mask = _padded(n_real, n_pad, shape)
-  variables = model.init(_key(), x[:2])
-  # non-trivial running statistics, so the momentum update is checked too
-  variables = {**variables, "batch_stats": jax.tree.map(lambda a: a + 0.3, variables["batch_stats"])}
-  fn = _train_fn(model, variables)
-  g_ref, (logits_ref, bs_ref) = fn(variables["params"], x, y, None)
-  g_m, (logits_m, bs_m) = fn(variables["params"], xp, yp, mask)
-  chex.assert_trees_all_close(bs_m, bs_ref, atol=1e-5, rtol=1e-5)
-  chex.assert_trees_all_close(logits_m[:n_real], logits_ref, atol=1e-5, rtol=1e-5)
-  chex.assert_trees_all_close(g_m, g_ref, atol=1e-5, rtol=1e-4)
-  # the padding does change the statistics when it is not masked (the check above can fail)
-  _, (_, bs_unmasked) = fn(variables["params"], xp, yp, None)
-  diff = max(float(jnp.abs(a - b).max())
-             for a, b in zip(jax.tree.leaves(bs_unmasked), jax.tree.leaves(bs_ref)))
-  assert diff > 1e-3
+def test_masked_batch_norm_equals_real_rows_alone(make, shape, n_real, n_pad, dtype):
+  tol = dict(atol=1e-5, rtol=1e-4) if dtype == jnp.float32 else dict(atol=1e-12, rtol=1e-9)
+  with jax.enable_x64(dtype == jnp.float64):
+    model = make()
+    x, y, xp, yp, mask = _padded(n_real, n_pad, shape, dtype)
+    variables = models.init_variables(model, _key(), x[:2])
+    # non-trivial running statistics, so the momentum update is checked too
+    variables = {**variables,
+                 "batch_stats": jax.tree.map(lambda a: a + 0.3, variables["batch_stats"])}
+    fn = _train_fn(model, variables)
+    g_ref, (logits_ref, bs_ref) = fn(variables["params"], x, y, None)
+    g_m, (logits_m, bs_m) = fn(variables["params"], xp, yp, mask)
+    assert _dtypes(g_m) == {jnp.dtype(dtype).name}
+    chex.assert_trees_all_close(bs_m, bs_ref, **tol)
+    chex.assert_trees_all_close(logits_m[:n_real], logits_ref, **tol)
+    chex.assert_trees_all_close(g_m, g_ref, **tol)
+    # the padding does change the statistics when it is not masked (the checks above can fail)
+    _, (_, bs_unmasked) = fn(variables["params"], xp, yp, None)
+    diff = max(float(jnp.abs(a - b).max())
+               for a, b in zip(jax.tree.leaves(bs_unmasked), jax.tree.leaves(bs_ref)))
+    assert diff > 1e-3
 
 
 def test_masked_batch_norm_float64_is_exact_to_rounding():

@@ -102,8 +102,7 @@ def check_honoured(config: ml_collections.ConfigDict) -> None:
       value = tuple(value)
     if isinstance(default, list):
       default = tuple(default)
-    if method not in methods and value != default and not (field.startswith("kt.") and
-                                                           method in _KT):
+    if method not in methods and value != default:
       raise ConfigError(field, value, hint=f"method {method!r} does not use it (only "
                         f"{', '.join(methods)}); leave it at {default!r}")
   if config.kt.method != "none":

@@ -6,10 +6,11 @@ One iteration (see tl_jax/kt/bilevel.py):
   1. frozen source twin (eval mode, no grad) -> pooled maps (meta-net input) and maps bilinearly
      resized (align_corners=False) to each paired target map;
   2. real step: `torch.optim.SGD` (momentum, coupled weight decay, no dampening == tl_jax's
-     `sgd_momentum_step`) on θ = target twin + 1x1-conv regressors, loss CE + L_wfm, with the
-     meta-net outputs computed under no_grad (φ constant);
+     default θ optimiser `sgd_tx`) on θ = target twin + 1x1-conv regressors, loss CE + L_wfm,
+     with the meta-net outputs computed under no_grad (φ constant);
   3. look-ahead from θ_0 (post-real-step) and v_0 (SGD's momentum buffers), both detached: T
-     momentum-SGD steps on L_wfm only, then one on CE only, via `torch.func.functional_call` and
+     momentum-SGD steps on L_wfm only, then one on CE only, all at the real step's LR (tl_jax
+     holds its schedule count there), via `torch.func.functional_call` and
      `torch.autograd.grad(..., create_graph=True)` (second order: the meta-gradient flows only
      through ∂²L_wfm/∂θ∂φ); BN in train mode on cloned buffers, so the look-ahead's running-stat
      updates are discarded like tl_jax's;
@@ -23,6 +24,10 @@ every other number of the iteration is the same.
 
 Models: the twins of `tl_jax.weights.torch_twins` (NCHW, return (logits, list of maps)); the map
 list is named with `twin_feature_names` so the tl_jax `PairSpec`s apply unchanged.
+
+The twin mirrors tl_jax with its default θ optimiser only (`KnowledgeTransfer(tx=None)`, i.e.
+`sgd_tx(lr_schedule, config.momentum, config.weight_decay)`); the LR is passed to `iteration`.
+As in tl_jax, the frozen source is not part of the state: `load_kt_state` takes it separately.
 """
 
 from __future__ import annotations
@@ -37,8 +42,9 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from tl_jax.errors import ConfigError, check_choice
-from tl_jax.kt.bilevel import META_METHODS, KTConfig
+from tl_jax.kt.bilevel import META_METHODS, KTConfig, momentum_of
 from tl_jax.kt.pairs import PairSpec
+from tl_jax.train import optim
 from tl_jax.weights import torch_twins
 
 TORCH_METHODS = ("ufm", "l2t_ww", "l2t_www")
@@ -105,7 +111,8 @@ class TorchKnowledgeTransfer:
   meta-gradient {φ name: tensor} (before Adam's weight decay), for comparisons.
   The source twin is put in eval mode and its parameters frozen in place; the target twin is
   trained in place. Not covered (the benchmark does not need them): padding masks,
-  `config.first_order` (rejected), `config.remat` (ignored: no memory/recompute trade-off here).
+  `config.first_order` and `config.bn_frozen` (rejected), a non-default θ optimiser `kt.tx`, the
+  non-finite-loss skip, `config.remat` (ignored: no memory/recompute trade-off here).
   """
 
   def __init__(self, source: nn.Module, target: nn.Module, pairs: Sequence[PairSpec],
@@ -116,6 +123,8 @@ class TorchKnowledgeTransfer:
       raise ConfigError("kt.pairs", pairs, "at least one pair")
     if config.first_order:
       raise ConfigError("kt.first_order", True, [False], hint="the torch twin is second order only")
+    if config.bn_frozen:
+      raise ConfigError("kt.bn_frozen", True, [False], hint="the torch twin trains BN in train mode")
     if config.inner_steps < 0:
       raise ConfigError("kt.inner_steps", config.inner_steps, ">= 0")
     self.config, self.pairs = config, tuple(pairs)
@@ -291,11 +300,19 @@ def target_state_from_flax(tree: Mapping[str, Any]) -> dict[str, torch.Tensor]:
   return torch_twins.state_dict_from_flax({"params": tree})
 
 
-def load_kt_state(tkt: TorchKnowledgeTransfer, state: Any) -> TorchKnowledgeTransfer:
-  """Copies a tl_jax `KTState` into `tkt`: source variables, target params / batch_stats,
-  regressors, SGD momentum (opt_state), φ and, if it has taken steps, the Adam moments."""
+def load_kt_state(tkt: TorchKnowledgeTransfer, state: Any,
+                  source_variables: Mapping[str, Any]) -> TorchKnowledgeTransfer:
+  """Copies a tl_jax `KTState` and the frozen source's variables (not part of the state) into
+  `tkt`: source, target params / batch_stats, regressors, SGD momentum (the TraceState inside
+  `state.opt_state`, the optax state of the default `sgd_tx`), φ and, if it has taken steps, the
+  Adam moments. The LR is not in the state (`iteration` takes it), so an LR scale other than 1
+  (reduce-on-plateau) is rejected rather than silently dropped."""
   c = tkt.config
-  torch_twins.load_twin_from_flax(tkt.source, state.source_variables)
+  scale = optim.get_lr_scale(state.opt_state)
+  if scale != 1.0:
+    raise ConfigError("opt_state.lr_scale", scale, [1.0],
+                      hint="pass lr * scale to TorchKnowledgeTransfer.iteration instead")
+  torch_twins.load_twin_from_flax(tkt.source, source_variables)
   tkt.source.eval()
   variables = {"params": state.params}
   if state.batch_stats:
@@ -306,14 +323,17 @@ def load_kt_state(tkt: TorchKnowledgeTransfer, state: Any) -> TorchKnowledgeTran
     tkt.regressors.load_state_dict(regressor_state_from_flax(state.regressors), strict=True)
     if c.method in META_METHODS:
       tkt.meta.load_state_dict(meta_state_from_flax(state.meta_params), strict=True)
-  # momentum buffers (torch SGD: buf ← μ buf + d once a buffer exists == tl_jax from v)
-  v = {**{f"t.{k}": t for k, t in target_state_from_flax(state.opt_state["target"]).items()},
-       **{f"r.{k}": t for k, t in regressor_state_from_flax(state.opt_state["regressors"]).items()}}
-  named = [(f"t.{n}", p) for n, p in tkt.target.named_parameters()] + \
-          [(f"r.{n}", p) for n, p in tkt.regressors.named_parameters()]
+  # momentum buffers (torch SGD: buf ← μ buf + d once a buffer exists == tl_jax from v); with
+  # momentum 0, sgd_tx has no TraceState and torch SGD keeps no buffer
   tkt.theta_opt.state.clear()
-  for n, p in named:
-    tkt.theta_opt.state[p] = {"momentum_buffer": v[n].clone()}
+  if c.momentum:
+    velocity = momentum_of(state.opt_state)
+    v = {**{f"t.{k}": t for k, t in target_state_from_flax(velocity["target"]).items()},
+         **{f"r.{k}": t for k, t in regressor_state_from_flax(velocity["regressors"]).items()}}
+    named = [(f"t.{n}", p) for n, p in tkt.target.named_parameters()] + \
+            [(f"r.{n}", p) for n, p in tkt.regressors.named_parameters()]
+    for n, p in named:
+      tkt.theta_opt.state[p] = {"momentum_buffer": v[n].clone()}
   if tkt.meta_opt is not None:
     tkt.meta_opt.state.clear()
     adam = _find_adam_state(state.meta_opt_state)
@@ -338,11 +358,12 @@ def _find_adam_state(opt_state: Any) -> Any:
   raise ConfigError("meta_opt_state", type(opt_state).__name__, "an optax Adam state")
 
 
-def from_tl_jax(kt: Any, state: Any, source_twin: nn.Module, target_twin: nn.Module,
-                lr: float = 0.1) -> TorchKnowledgeTransfer:
-  """A `TorchKnowledgeTransfer` with `kt`'s pairs / config and `state`'s numbers."""
+def from_tl_jax(kt: Any, state: Any, source_variables: Mapping[str, Any], source_twin: nn.Module,
+                target_twin: nn.Module, lr: float = 0.1) -> TorchKnowledgeTransfer:
+  """A `TorchKnowledgeTransfer` with `kt`'s pairs / config, `state`'s numbers and the source
+  `source_variables` (the ones `kt.iteration` is called with)."""
   return load_kt_state(TorchKnowledgeTransfer(source_twin, target_twin, kt.pairs, kt.config,
-                                              lr=lr), state)
+                                              lr=lr), state, source_variables)
 
 
 def target_twin_state(tkt: TorchKnowledgeTransfer) -> dict[str, torch.Tensor]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import json
 import logging
 import os
@@ -168,6 +169,19 @@ def host_cells(cells: Sequence[Cell], host_index: int = 0, num_hosts: int = 1) -
   return [c for c in cells if c.index % num_hosts == host_index]
 
 
+def load_run_unit(spec: str | None = None) -> RunUnit:
+  """`module:function` taking (config, seeds, workdirs), imported lazily; default
+  tl_jax.experiment.run_seeds (the hook exists for tests and for wrapping the real runner)."""
+  cand = spec or "tl_jax.experiment:run_seeds"
+  mod_name, _, fn_name = cand.partition(":")
+  if not fn_name:
+    raise ConfigError("run_unit", cand, "'module:function'")
+  try:
+    return getattr(importlib.import_module(mod_name), fn_name)
+  except (ImportError, AttributeError) as e:
+    raise ConfigError("run_unit", cand, hint=str(e)) from e
+
+
 def _write_json_atomic(path: pathlib.Path, obj: Any) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -217,8 +231,7 @@ def run_grid(config: ml_collections.ConfigDict, root: str | os.PathLike,
   if dry_run or not todo:
     rep.pending = todo if dry_run else []
     return rep
-  if run_unit is None:
-    from tl_jax.experiment import run_seeds as run_unit
+  run_unit = run_unit or load_run_unit()
   per_unit = int(config.sweep.get("seeds_per_unit", 0) or 0)
   plan = units(todo, per_unit)
   for i, unit in enumerate(plan):

@@ -1,4 +1,4 @@
-"""Loop, callbacks, metrics, JSONL: Keras-equivalent callbacks, sklearn metrics, fit."""
+"""Callbacks, metrics, JSONL, evaluation: Keras-equivalent callbacks, sklearn metrics, the engine's evaluate."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import optax
 import pytest
 from sklearn import metrics as skm
 
-from tl_jax.errors import ConfigError, NonFiniteLossError
-from tl_jax.train import callbacks, jsonl, loop, optim, steps
+from tl_jax.errors import ConfigError
+from tl_jax.train import callbacks, jsonl, optim, steps
 from tl_jax.train.metrics import classification_metrics
 from tl_jax.train.state import TrainState
 
@@ -140,96 +140,21 @@ def test_jsonl_atomic_and_truncated_tail(tmp_path):
   assert [f for f in os.listdir(tmp_path) if f.endswith(".tmp")] == []
 
 
-# ------------------------------------------------------------------ fit / evaluate
+# ------------------------------------------------------------------ evaluate
 def test_evaluate_matches_manual_and_pads_last_batch():
-  state, _, eval_step = _setup()
+  from tl_jax.engine import fit as engine
+  from tl_jax.engine.learners import SupervisedLearner
+  state, _, _ = _setup()
   ds = _ds(11, 1)
-  m = loop.evaluate(state, eval_step, ds, batch_size=4)
-  logits, _ = TinyCNN().apply(state.variables, jnp.asarray(ds["image"]) / 255.0)
-  preds = np.asarray(jnp.argmax(logits, -1))
-  ref = classification_metrics(ds["label"], preds, 3)
-  assert m["count"] == 11 and m["accuracy"] == ref["accuracy"]
-  assert m["confusion_matrix"] == ref["confusion_matrix"]
-  ce = -jax.nn.log_softmax(logits)[np.arange(11), ds["label"]].mean()
-  assert m["loss"] == pytest.approx(float(ce), rel=1e-5)
-
-
-def test_fit_learns_logs_and_returns_best_on_validation(tmp_path):
-  state, train_step, eval_step = _setup()
-  cfg = mc.ConfigDict(dict(num_epochs=3, batch_size=8, monitor="val_accuracy", progress=False))
-  best, hist = loop.fit(state, train_step, eval_step, _ds(32, 0), _ds(12, 1), cfg,
-                        str(tmp_path), jax.random.PRNGKey(0))
-  assert [h["epoch"] for h in hist] == [0, 1, 2]
-  assert jsonl.read_jsonl(tmp_path / "metrics.jsonl") == jsonl.to_jsonable(hist)
-  best_epoch = max(range(3), key=lambda e: (hist[e]["val_accuracy"], -e))
-  assert hist[best_epoch]["is_best"]
-  assert int(best.step) == 4 * (best_epoch + 1)
-  m = loop.evaluate(best, eval_step, _ds(12, 1), batch_size=8)
-  assert m["accuracy"] == pytest.approx(hist[best_epoch]["val_accuracy"])
-  assert all(np.isfinite(h["train_loss"]) for h in hist)
-
-
-def test_early_stopping_stops_and_restores_best(tmp_path):
-  # lr 0 and frozen BN: the val metric never improves after epoch 0
-  state, train_step, eval_step = _setup(lr=0.0, bn_frozen=True)
-  cfg = mc.ConfigDict(dict(num_epochs=10, batch_size=8, monitor="val_loss", progress=False,
-                           early_stopping=dict(patience=2, min_delta=0.0)))
-  best, hist = loop.fit(state, train_step, eval_step, _ds(16, 0), _ds(8, 1), cfg, None,
-                        jax.random.PRNGKey(0))
-  assert len(hist) == 3 and hist[0]["is_best"]
-  assert int(best.step) == 2  # state after epoch 0
-
-
-def test_reduce_lr_lowers_scale_in_state(tmp_path):
-  state, train_step, eval_step = _setup(lr=0.0, bn_frozen=True)
-  cfg = mc.ConfigDict(dict(num_epochs=4, batch_size=8, monitor="val_loss", progress=False,
-                           reduce_lr=dict(patience=1, factor=0.5, min_delta=0.0)))
-  _, hist = loop.fit(state, train_step, eval_step, _ds(16, 0), _ds(8, 1), cfg, None,
-                     jax.random.PRNGKey(0))
-  assert [h["lr_scale"] for h in hist] == [1.0, 1.0, 0.5, 0.25]
-
-
-def test_nonfinite_loss_raises_with_epoch_and_step():
-  bomb = lambda p, aux: jnp.where(aux["labels"].sum() >= 0, jnp.nan, 0.0)
-  state, train_step, eval_step = _setup(extra_loss=bomb)
-  cfg = mc.ConfigDict(dict(num_epochs=2, batch_size=8, progress=False))
-  with pytest.raises(NonFiniteLossError, match=r"epoch 0, step 0"):
-    loop.fit(state, train_step, eval_step, _ds(16, 0), _ds(8, 1), cfg, None,
-             jax.random.PRNGKey(0))
-
-
-def test_device_batches_cover_permutation_and_pad():
-  ds = _ds(10, 3)
-  data = loop.DeviceData(ds, 4)
-  order = np.random.default_rng(0).permutation(10)
-  got = list(data.batches(order, drop_last=False))
-  assert len(got) == 3 and all(b["image"].shape == (4, 6, 6, 3) for b in got)
-  mask = np.concatenate([np.asarray(b["mask"]) for b in got])
-  labels = np.concatenate([np.asarray(b["label"]) for b in got])[mask > 0]
-  np.testing.assert_array_equal(labels, ds["label"][order])
-  np.testing.assert_array_equal(np.asarray(got[0]["image"]), ds["image"][order[:4]])
-  assert len(list(data.batches(order, drop_last=True))) == 2
-
-
-def test_fit_without_validation_typed_key_and_padded_last_batch():
-  state, train_step, eval_step = _setup()
-  cfg = mc.ConfigDict(dict(num_epochs=2, batch_size=8, drop_last=False, progress=False,
-                           monitor="train_loss"))
-  final, hist = loop.fit(state, train_step, eval_step, _ds(13, 0), None, cfg, None,
-                         jax.random.key(3))
-  assert int(final.step) == 4 and len(hist) == 2 and "val_loss" not in hist[0]
-  assert all(np.isfinite(h["train_loss"]) for h in hist)
-  small = mc.ConfigDict(dict(num_epochs=1, batch_size=8, progress=False))  # 4 < batch, drop_last
-  with pytest.raises(ConfigError, match="batch_size"):
-    loop.fit(final, train_step, eval_step, _ds(4, 0), None, small, None, jax.random.key(3))
-
-
-def test_reduce_lr_without_scale_state_is_a_config_error():
-  model = TinyCNN()
-  v = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 6, 6, 3)))
-  state = TrainState.create(model.apply, v["params"], v["batch_stats"], optax.sgd(0.1))
-  cfg = mc.ConfigDict(dict(num_epochs=1, batch_size=8, progress=False, monitor="val_loss",
-                           reduce_lr=dict(patience=1)))
-  with pytest.raises(ConfigError, match="reduce_lr"):
-    loop.fit(state, steps.make_train_step(model), steps.make_eval_step(model), _ds(8, 0),
-             _ds(8, 1), cfg, None, jax.random.PRNGKey(0))
+  learner = SupervisedLearner(TinyCNN(), state.tx, None, None)
+  stacked = jax.tree.map(lambda x: x[None], learner.eval_variables(state))
+  for loop in ("map", "vmap"):
+    m = engine.evaluate(learner, stacked, ds["image"], ds["label"], np.arange(11), 3,
+                        eval_batch_size=4, seed_loop=loop)[0]
+    logits, _ = TinyCNN().apply(state.variables, jnp.asarray(ds["image"]) / 255.0)
+    preds = np.asarray(jnp.argmax(logits, -1))
+    ref = classification_metrics(ds["label"], preds, 3)
+    assert m["count"] == 11 and m["accuracy"] == ref["accuracy"]
+    assert m["confusion_matrix"] == ref["confusion_matrix"]
+    ce = -jax.nn.log_softmax(logits)[np.arange(11), ds["label"]].mean()
+    assert m["loss"] == pytest.approx(float(ce), rel=1e-5)
