@@ -4,7 +4,7 @@
 #   Pod slice:    run the same command on every host at once (e.g. `gcloud compute tpus tpu-vm ssh
 #                 NAME --worker=all --command "cd tl_jax && bash launch/tpu_vm.sh ..."`).
 #                 tl_jax calls jax.distributed.initialize() when TL_JAX_MULTIHOST=1; each host then
-#                 sees all devices, the seed axis is sharded across them (tl_jax/sweep/vmapped.py),
+#                 sees all devices, the seed axis is sharded across them (tl_jax/engine/fit.py),
 #                 and only process 0 writes reports. Alternatively give each host its own cells with
 #                 `python launch/sweep.py --print_commands --num_hosts H`.
 set -euo pipefail

@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections as mc
 import numpy as np
-import optax
 import pytest
 from sklearn import metrics as skm
 

@@ -114,6 +114,13 @@ def test_comparison_runs_methods_and_resumes(data, tmp_path, capsys):
   out = compare.run_comparison(cfg, tmp_path)
   assert [r["method"] for r in out["runs"]] == ["scratch", "frozen"]
   assert "| frozen | 1 |" in out["table"] and "| scratch | 1 |" in out["table"]
+  results = (tmp_path / "results.md").read_text()
+  assert results.startswith("Command: ") and "Config: " in results and "Commit: " in results
+  assert results.endswith(out["table"]) and out["table"] in capsys.readouterr().out
+  # the source run is marked, and a report over the whole workdir does not count it
+  from tl_jax.analysis import report
+  assert json.loads((tmp_path / "source/summary.json").read_text())["role"] == "source"
+  assert sorted(report.load_runs(tmp_path)["method"]) == ["frozen", "scratch"]
   mtime = (tmp_path / "runs/scratch/n0/seed0/metrics.jsonl").stat().st_mtime
   compare.run_comparison(cfg, tmp_path)  # finished runs are skipped
   assert (tmp_path / "runs/scratch/n0/seed0/metrics.jsonl").stat().st_mtime == mtime

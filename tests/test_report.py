@@ -242,3 +242,95 @@ def test_project_summary_format_and_cli_options(tmp_path):
   assert "cpu ['TFRT_CPU_0']" in (out / "README.md").read_text()
   assert report.main(["--runs", str(tmp_path / "runs"), "--out", str(out),
                       "--compare", "l2t_www"]) == 2
+
+
+def _summary(method, seed, acc, n=10, **kw):
+  return dict(method=method, n_per_class=n, seed=seed, test_accuracy=float(acc),
+              test_macro_f1=float(acc) - 0.01, **kw)
+
+
+def test_summary_table_matches_scipy_with_per_method_references():
+  """compare's layout: method rows, p vs each method's own reference, source never a row."""
+  rng = np.random.default_rng(5)
+  vals = {m: rng.uniform(0.4, 0.9, size=5) for m in ("scratch", "frozen", "scratch_sgd", "l2t_ww")}
+  summaries = [_summary(m, s, a) for m, v in vals.items() for s, a in enumerate(v)]
+  summaries.append(_summary("scratch", 0, 0.99, role="source"))  # would collide with seed 0
+  table = report.summary_table(summaries, "scratch", {"l2t_ww": "scratch_sgd"},
+                               methods=list(vals))
+  assert list(table.index) == list(vals) and table.index.name == "method"
+  assert list(table.columns) == ["seeds", "test accuracy (%)", "test macro-F1 (%)",
+                                 "Mann-Whitney p (vs)"]
+  for m, v in vals.items():
+    assert table.loc[m, "seeds"] == 5
+    assert table.loc[m, "test accuracy (%)"] == f"{100 * v.mean():.2f} ± {100 * v.std(ddof=1):.2f}"
+    f1 = 100 * (v - 0.01)
+    assert table.loc[m, "test macro-F1 (%)"] == f"{f1.mean():.2f} ± {f1.std(ddof=1):.2f}"
+  assert table.loc["scratch", "Mann-Whitney p (vs)"] == "—"
+  for m, ref in (("frozen", "scratch"), ("scratch_sgd", "scratch"), ("l2t_ww", "scratch_sgd")):
+    p = sps.mannwhitneyu(vals[m], vals[ref], alternative="two-sided", method="exact").pvalue
+    assert table.loc[m, "Mann-Whitney p (vs)"] == f"{p:.3f} ({ref})"
+  md = report.to_markdown(table)
+  assert md.splitlines()[0] == ("| method | seeds | test accuracy (%) | test macro-F1 (%) | "
+                                "Mann-Whitney p (vs) |")
+  assert f"| frozen | 5 | {table.loc['frozen', 'test accuracy (%)']} |" in md
+
+  # several N: one row per (method, N), tested against the reference at the same N
+  n20 = {"scratch": vals["scratch"], "frozen": 0.8 * vals["frozen"]}
+  more = summaries + [_summary(m, s, a, n=20) for m, v in n20.items() for s, a in enumerate(v)]
+  table = report.summary_table(more, "scratch")  # default order: thesis methods, then sorted
+  assert table.index.names == ["method", "N per class"]
+  assert list(table.index) == [("scratch", 10), ("scratch", 20), ("l2t_ww", 10), ("frozen", 10),
+                               ("frozen", 20), ("scratch_sgd", 10)]
+  p = sps.mannwhitneyu(n20["frozen"], n20["scratch"], method="exact").pvalue
+  assert table.loc[("frozen", 20), "Mann-Whitney p (vs)"] == f"{p:.3f} (scratch)"
+  assert "| frozen | 20 | 5 |" in report.to_markdown(table)
+  # one seed per side: no test (U of one value vs one always gives p = 1); std undefined
+  one = report.summary_table([_summary("a", 0, 0.5), _summary("b", 0, 0.6)], "a")
+  assert one.loc["b", "Mann-Whitney p (vs)"] == "—" and one.loc["b", "seeds"] == 1
+  assert one.loc["b", "test accuracy (%)"] == "60.00 ± n/a"
+
+
+def test_load_runs_never_counts_a_source_run(tmp_path):
+  """compare's layout: `source/` beside `runs/`; the source has the target runs' method/seed."""
+  wd = tmp_path / "source" / "wd"  # a root that itself sits under some 'source' folder is fine
+  report.write_summary(wd / "source", _summary("scratch", 0, 0.9))
+  report.write_summary(wd / "runs/scratch/n10/seed0", _summary("scratch", 0, 0.5))
+  report.write_summary(wd / "runs/frozen/n10/seed0", _summary("frozen", 0, 0.6))
+  report.write_summary(wd / "copied_source", _summary("scratch", 1, 0.9, role="source"))
+  runs = report.load_runs(wd)
+  assert sorted(runs["method"]) == ["frozen", "scratch"]
+  assert runs.set_index("method").loc["scratch", "test_accuracy"] == 0.5
+  assert report.is_source_run({}, "source") and report.is_source_run({"role": "source"})
+  assert not report.is_source_run({}, "runs/scratch") and not report.is_source_run({}, ".")
+  with pytest.raises(ConfigError, match="non-source"):
+    report.load_runs(wd / "copied_source")
+  with pytest.raises(ConfigError, match="non-source"):
+    report.runs_frame([_summary("scratch", 0, 0.9, role="source")])
+
+
+def test_split_tables_hold_each_runs_values():
+  s = dict(train_accuracy=0.98765, val_accuracy=0.5, test_accuracy=0.25, test_macro_f1=0.125,
+           train_loss=0.1, val_loss=0.2, test_loss=0.3, epochs_run=7, best_epoch=4, wall_s=12.4)
+  t = report.split_table(s)
+  assert list(t.columns) == ["train", "val", "test"] and t.index.name == "metric"
+  assert list(t.index) == ["accuracy", "macro-F1", "loss", "macro recall"]
+  assert list(t.loc["accuracy"]) == ["0.9877", "0.5000", "0.2500"]
+  assert list(t.loc["macro-F1"]) == ["—", "—", "0.1250"]
+  assert report.to_markdown(t).splitlines()[:3] == [
+      "| metric | train | val | test |", "|---|---|---|---|",
+      "| accuracy | 0.9877 | 0.5000 | 0.2500 |"]
+  other = dict(s, test_accuracy=0.75, epochs_run=3, best_epoch=None)
+  c = report.split_comparison_table([("a (seed0)", s), ("source", dict(s, role="source")),
+                                     ("b (seed0)", other)])
+  assert list(c.columns) == ["a (seed0)", "b (seed0)"]
+  assert list(c.loc["accuracy"]) == ["0.2500", "0.7500"]
+  assert list(c.loc["epochs run (best)"]) == ["7 (4)", "3 (None)"]
+  assert list(c.loc["wall time (s)"]) == ["12", "12"]
+  assert report.split_comparison_table([("a", s)], split="val").loc["loss", "a"] == "0.2000"
+
+
+def test_provenance_names_config_seeds_commit_and_hardware():
+  text = report.provenance("quickstart", (0, 1, 2), 171.4, command=["python", "-m", "x"])
+  assert text.startswith("Command: `python -m x`  \nConfig: quickstart; seeds (0, 1, 2)  \n")
+  assert f"Commit: {report.git_commit()}" in text and "Wall time: 171 s" in text
+  assert "Hardware: " in text and "jax" in text and text.endswith("\n\n")

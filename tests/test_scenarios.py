@@ -136,6 +136,33 @@ def test_seed004_gtsrb_runs_one_epoch_and_tables(tmp_path, monkeypatch):
   assert (tmp_path / "res" / "lenet5_20ep_seed0_confusion_matrix.png").is_file()
 
 
+def test_tables_write_keeps_the_source_out_of_the_method_comparison(tmp_path):
+  """A compare workdir (source/ + runs/<method>/n*/seed*): Table 7 has the methods only, every
+  run (the source too) gets its own train/val/test table, seed-0 figures are copied."""
+  import json
+  wd = tmp_path / "wd"
+  def put(rel, **kw):
+    d = wd / rel
+    d.mkdir(parents=True)
+    s = dict(test_accuracy=0.5, val_accuracy=0.4, train_accuracy=0.9, epochs_run=2,
+             best_epoch=1, wall_s=3.0, **kw)
+    (d / "summary.json").write_text(json.dumps(s))
+    (d / "curves.png").write_bytes(b"png")
+    return s
+  put("source", test_macro_f1=0.777)
+  a = put("runs/scratch/n5/seed0", test_macro_f1=0.1111)
+  put("runs/frozen/n5/seed1", test_macro_f1=0.2222)
+  text = tables.write(wd, tmp_path / "res")
+  table7 = text.split("## source")[0]
+  assert "| metric | frozen (seed1) | scratch (seed0) |" in table7  # runs/ sorted by path
+  assert "| macro-F1 | 0.2222 | 0.1111 |" in table7 and "0.7770" not in table7
+  assert "## source" in text and "| accuracy | 0.9000 | 0.4000 | 0.5000 |" in text
+  assert f"{a['test_macro_f1']:.4f}" in text.split("## scratch (seed0)")[1]
+  assert (tmp_path / "res" / "tables.md").read_text() == text
+  assert sorted(p.name for p in (tmp_path / "res").glob("*.png")) == [
+      "scratch_seed0_curves.png", "source_curves.png"]
+
+
 def test_cut_model_bn_momentum_sets_running_average_rate():
   x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3)) + 2.0
   m = EfficientNetLite0(num_classes=3, blocks=SMALL, stem_features=8, head_features=16,

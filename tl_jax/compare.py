@@ -1,6 +1,7 @@
 """Compare methods on one target: optionally train a source network, then run every method of
 `config.compare.methods` for every seed, and print/write a mean ± std table with Mann-Whitney
-p-values against the reference method.
+p-values against the reference method (the table and its provenance header come from
+`tl_jax.analysis.report`, the project's one table module).
 
 Each method's unfinished seeds run as one compiled program (`tl_jax.experiment.run_seeds`), one
 workdir per seed, `workdir/runs/<method>/n<N>/seed<S>`; finished runs (summary.json present) are
@@ -9,18 +10,16 @@ skipped, so an interrupted comparison resumes where it stopped.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 import pathlib
-import sys
 import time
 from typing import Any
 
 import ml_collections
-import numpy as np
 
 from tl_jax import experiment
+from tl_jax.analysis import report
 from tl_jax.errors import ConfigError
 from tl_jax.train import jsonl
 
@@ -74,6 +73,9 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str | os.PathLike
     source_dir = wd / "source"
     print(f"[tl_jax] training the source network in {source_dir}", flush=True)
     src = _run(apply_overrides(base, c.source), source_dir)
+    if src.get("role") != "source":  # so no report counts it as a method, wherever it is copied
+      src["role"] = "source"
+      jsonl.write_json_atomic(source_dir / experiment.SUMMARY_FILE, src)
     print(f"[tl_jax] source test accuracy {src['test_accuracy']:.4f}", flush=True)
   summaries = []
   order = tuple(c.get("order") or ()) or tuple(c.methods.keys())
@@ -105,50 +107,10 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str | os.PathLike
             flush=True)
       summaries.append(s)
   refs = c.get("references")
-  table = summary_table(summaries, reference=c.reference or order[0],
-                        references=refs.to_dict() if refs else None)
-  jsonl.write_text_atomic(wd / "results.md", provenance(config, time.time() - t0) + table + "\n")
-  print(table, flush=True)
+  table = report.to_markdown(report.summary_table(
+      summaries, reference=c.reference or order[0], references=refs.to_dict() if refs else None,
+      methods=order))
+  header = report.provenance(config.name, config.compare.seeds, time.time() - t0)
+  jsonl.write_text_atomic(wd / "results.md", header + table)
+  print(table, end="", flush=True)
   return {"table": table, "runs": summaries}
-
-
-def provenance(config, wall_s: float) -> str:
-  """Where a table came from: command, config name, commit, date, hardware, wall time."""
-  from tl_jax.analysis.report import git_commit, hardware_description
-  cpu = ""
-  try:
-    cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
-               if l.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  return (f"Command: `{' '.join(sys.argv)}`  \nConfig: {config.name}; seeds {tuple(config.compare.seeds)}"
-          f"  \nCommit: {git_commit()}  \nDate: "
-          f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}  \n"
-          f"Hardware: {cpu} ({hardware_description()})  \nWall time: {wall_s:.0f} s; "
-          f"1-min load average at the end: {os.getloadavg()[0]:.2f}\n\n")
-
-
-def summary_table(summaries: list[dict[str, Any]], reference: str,
-                  references: dict[str, str] | None = None) -> str:
-  """Markdown: method | n seeds | test accuracy mean ± std | macro-F1 | two-sided Mann-Whitney
-  p vs the method's reference (`references[method]`, else `reference`)."""
-  from tl_jax.analysis import stats
-  by: dict[str, list[dict[str, Any]]] = {}
-  for s in summaries:
-    by.setdefault(s["method"], []).append(s)
-  references = references or {}
-  lines = ["| method | seeds | test accuracy (%) | test macro-F1 (%) | Mann-Whitney p (vs) |",
-           "|---|---:|---:|---:|---:|"]
-  for method, runs in by.items():
-    ref_name = references.get(method, reference)
-    ref = [s["test_accuracy"] for s in by.get(ref_name, [])]
-    acc = np.array([r["test_accuracy"] for r in runs]) * 100
-    f1 = np.array([r["test_macro_f1"] for r in runs]) * 100
-    p = "—"
-    if method != ref_name and len(ref) > 1 and len(runs) > 1:
-      p = stats.format_p(stats.mann_whitney([r["test_accuracy"] for r in runs], ref).pvalue)
-      p += f" ({ref_name})"
-    sd = lambda a: a.std(ddof=1) if len(a) > 1 else 0.0  # noqa: E731
-    lines.append(f"| {method} | {len(runs)} | {acc.mean():.2f} ± {sd(acc):.2f} | "
-                 f"{f1.mean():.2f} ± {sd(f1):.2f} | {p} |")
-  return "\n".join(lines)

@@ -1,4 +1,11 @@
-"""Thesis-style tables, tests and figures from a directory of finished runs.
+"""The one module that turns run summaries into tables, tests and figures.
+
+Every table of the project is built here, from the one `summary.json` schema below:
+`comparison_table` (thesis layout: N rows x method columns, Mann-Whitney + Holm per pair),
+`summary_table` (method rows, what `tl_jax.compare` prints and writes to results.md),
+`split_table` / `split_comparison_table` (train/val/test metrics of single runs, the seed
+scenarios' tables, `tl_jax.scenarios.tables`), and `provenance` (the header of results.md).
+Callers only pick rows and write files, so a format or a statistic changes in one place.
 
     python -m tl_jax.analysis.report --runs DIR --out results/<experiment> \
         [--compare L2T-www,L2T-ww] [--methods a,b,c] [--decimal-sep ,] [--curves]
@@ -17,14 +24,24 @@ with `write_summary`). Schema (accuracies are FRACTIONS in [0, 1]; tables show p
     experiment       str    optional  default: 'imbalanced' if minority_accuracy is set,
                                       else 'balanced'
     confusion_matrix list   optional  [C][C] counts, cm[true][pred] (figure per method at max N)
+    role             str    optional  'source' marks the network transferred FROM (never a method)
+    {train,val,test}_{accuracy,macro_f1,loss,macro_recall}  optional  split tables; test_macro_f1
+                                      is also a summary_table column
+    epochs_run, best_epoch, wall_s   optional  split_comparison_table rows
     hardware, git_commit, wall_time_s, best_epoch, ... optional, kept as extra columns
+
+Source runs are never counted as a method: `load_runs` skips a summary whose `role` is 'source'
+or whose folder, relative to the scanned directory, lies under a folder named `source` (where
+`tl_jax.compare` trains it, `<workdir>/source/`, and sets its `role`). A source run is a plain
+run (usually method 'scratch', the target runs' seed), so counting it would add a seed to
+'scratch' or collide with one.
 
 Output in OUT: README.md (tables, test/alternative/method, n per cell, Holm family, git commit,
 date, hardware), one CSV per table, cells.csv (numeric mean/std/n), tests.csv (U, p, Holm p,
 rank-biserial), figures/*.png. Every file is written atomically (temp + rename).
 
 Holm family: all Mann-Whitney tests of one table (one dataset/experiment/metric, every N and
-every compared pair).
+every compared pair). A test needs at least MIN_TEST_N = 2 seeds on each side (else 'n/a'/'—').
 """
 
 from __future__ import annotations
@@ -55,6 +72,12 @@ METHOD_ORDER = ("scratch", "from_scratch", "ufm", "UFM", "l2t_ww", "L2T-ww", "l2
 # The thesis comparison (proposed vs previous), in the project's and the thesis' spelling.
 DEFAULT_PAIRS = (("l2t_www", "l2t_ww"), ("L2T-www", "L2T-ww"))
 ALPHA = 0.05
+MIN_TEST_N = 2  # seeds per side below which no Mann-Whitney test is reported
+SPLITS = ("train", "val", "test")
+SPLIT_METRICS = ("accuracy", "macro_f1", "loss", "macro_recall")  # run_summary's per-split keys
+METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "loss": "loss",
+                 "macro_recall": "macro recall", "minority_accuracy": "minority accuracy"}
+SUMMARY_METRICS = ("test_accuracy", "test_macro_f1")  # compare's columns
 
 
 # ---------------------------------------------------------------- atomic I/O
@@ -114,8 +137,36 @@ def validate_summary(d: dict, where: str) -> dict:
   return d
 
 
+def is_source_run(summary: Mapping[str, Any], rel_dir: str | os.PathLike | None = None) -> bool:
+  """True for the network transferred from: `role` 'source', or a folder under `source/`
+  (`rel_dir` is relative to the scanned directory, so a root that happens to sit below some
+  'source' folder does not hide every run)."""
+  return summary.get("role") == "source" or (
+      rel_dir is not None and "source" in pathlib.PurePath(rel_dir).parts)
+
+
+def runs_frame(summaries: Sequence[Mapping[str, Any]], where: str = "summaries") -> pd.DataFrame:
+  """One validated row per summary (source runs dropped); rejects two runs of one cell, which
+  would otherwise silently count as two seeds."""
+  rows = []
+  for i, d in enumerate(summaries):
+    if not is_source_run(d):
+      d = {**d, "run_dir": d.get("run_dir", f"{where}[{i}]")}
+      rows.append(validate_summary(d, d["run_dir"]))
+  if not rows:
+    raise ConfigError(where, len(summaries), hint="no (non-source) run summary")
+  df = pd.DataFrame(rows)
+  key = ["dataset", "experiment", "method", "n_per_class", "seed"]
+  dup = df[df.duplicated(key, keep=False)]
+  if len(dup):
+    raise ConfigError("runs", dup["run_dir"].tolist()[:4], hint="several runs share "
+                      "(dataset, experiment, method, n_per_class, seed)")
+  return df
+
+
 def load_runs(runs_dir: str | os.PathLike) -> pd.DataFrame:
-  """One row per summary.json under `runs_dir`; a `run_dir` column says where it came from."""
+  """One row per summary.json under `runs_dir` (source runs skipped, see `is_source_run`); a
+  `run_dir` column says where it came from."""
   root = pathlib.Path(runs_dir)
   if not root.is_dir():
     raise ConfigError("--runs", str(root), hint="directory not found")
@@ -125,18 +176,11 @@ def load_runs(runs_dir: str | os.PathLike) -> pd.DataFrame:
       d = json.loads(p.read_text())
     except json.JSONDecodeError as e:
       raise ConfigError("summary.json", str(p), hint=f"not valid JSON ({e})") from e
-    d = validate_summary(d, str(p))
-    d["run_dir"] = str(p.parent)
-    rows.append(d)
+    if not is_source_run(d, p.parent.relative_to(root)):
+      rows.append({**d, "run_dir": str(p.parent)})
   if not rows:
-    raise ConfigError("--runs", str(root), hint=f"no {SUMMARY_NAME} found under it")
-  df = pd.DataFrame(rows)
-  key = ["dataset", "experiment", "method", "n_per_class", "seed"]
-  dup = df[df.duplicated(key, keep=False)]
-  if len(dup):
-    raise ConfigError("runs", dup["run_dir"].tolist()[:4], hint="several runs share "
-                      "(dataset, experiment, method, n_per_class, seed)")
-  return df
+    raise ConfigError("--runs", str(root), hint=f"no {SUMMARY_NAME} of a non-source run under it")
+  return runs_frame(rows, str(root))
 
 
 def order_methods(methods: Sequence[str], preferred: Sequence[str] | None = None) -> list[str]:
@@ -160,6 +204,44 @@ def cell_stats(runs: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFram
                                      "mean", "std", "n", "ddof"])
 
 
+def _with_metric(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+  sub = runs[runs[metric].notna()] if metric in runs.columns else runs.iloc[:0]
+  if sub.empty:
+    raise ConfigError("metric", metric, hint="no run has this value")
+  return sub
+
+
+def _methods(sub: pd.DataFrame, methods: Sequence[str] | None) -> list[str]:
+  """Row/column order: `methods` exactly (each must exist), else `order_methods`."""
+  present = set(sub["method"])
+  if methods is None:
+    return order_methods(sub["method"].unique())
+  unknown = [m for m in methods if m not in present]
+  if unknown:
+    raise ConfigError("methods", unknown, sorted(present))
+  return list(methods)
+
+
+def _samples(sub: pd.DataFrame, metric: str) -> dict[tuple[str, int], np.ndarray]:
+  """{(method, N): values in percent}, the one place fractions become table units."""
+  return {(m, n): 100.0 * g[metric].to_numpy(float)
+          for (m, n), g in sub.groupby(["method", "n_per_class"], sort=False)}
+
+
+def _cell(values: np.ndarray | None, decimals: int, decimal_sep: str) -> str:
+  if values is None or not values.size:
+    return "—"
+  return stats.mean_std(values).format(decimals, decimal_sep)
+
+
+def _test(x: np.ndarray | None, y: np.ndarray | None, alternative: str):
+  """Mann-Whitney of x vs y, or None when a side has fewer than MIN_TEST_N values (one value
+  against one always gives p = 1, which says nothing and would inflate a Holm family)."""
+  if x is None or y is None or min(x.size, y.size) < MIN_TEST_N:
+    return None
+  return stats.mann_whitney(x, y, alternative=alternative)
+
+
 def comparison_table(runs: pd.DataFrame, metric: str = "test_accuracy",
                      methods: Sequence[str] | None = None,
                      pairs: Sequence[tuple[str, str]] | None = None,
@@ -170,13 +252,8 @@ def comparison_table(runs: pd.DataFrame, metric: str = "test_accuracy",
 
   `runs` must hold one dataset/experiment. Returns (display table of strings, tests DataFrame).
   """
-  sub = runs[runs[metric].notna()] if metric in runs.columns else runs.iloc[:0]
-  if sub.empty:
-    raise ConfigError("metric", metric, hint="no run has this value")
-  methods = order_methods(sub["method"].unique(), methods) if methods is None else list(methods)
-  unknown = [m for m in methods if m not in set(sub["method"])]
-  if unknown:
-    raise ConfigError("methods", unknown, sorted(set(sub["method"])))
+  sub = _with_metric(runs, metric)
+  methods = _methods(sub, methods)
   if pairs is None:
     pairs = [p for p in DEFAULT_PAIRS if set(p) <= set(methods)][:1]
   for a, b in pairs:
@@ -184,24 +261,24 @@ def comparison_table(runs: pd.DataFrame, metric: str = "test_accuracy",
       if m not in set(sub["method"]):
         raise ConfigError("compare", f"{a},{b}", sorted(set(sub["method"])))
   ns = sorted(sub["n_per_class"].unique())
-  vals = {(m, n): 100.0 * sub[(sub["method"] == m) & (sub["n_per_class"] == n)][metric]
-          .to_numpy(float) for m in set(methods) | {x for p in pairs for x in p} for n in ns}
+  vals = _samples(sub, metric)
+  empty = np.zeros(0)
   fmt = lambda x: f"{x:+.{decimals}f}".replace(".", decimal_sep)  # noqa: E731
   table = pd.DataFrame(index=pd.Index(ns, name="N per class"))
   for m in methods:
-    table[m] = [stats.mean_std(vals[m, n]).format(decimals, decimal_sep) if vals[m, n].size
-                else "—" for n in ns]
+    table[m] = [_cell(vals.get((m, n)), decimals, decimal_sep) for n in ns]
   tests = []
   for a, b in pairs:
     for n in ns:
-      x, y = vals[a, n], vals[b, n]
-      row = dict(n_per_class=n, a=a, b=b, n_a=x.size, n_b=y.size, metric=metric)
-      if x.size and y.size:
-        r = stats.mann_whitney(x, y, alternative=alternative)
-        row.update(diff=float(x.mean() - y.mean()), U=r.statistic, p=r.pvalue, mw_method=r.method,
-                   alternative=r.alternative, rank_biserial=r.rank_biserial)
+      x, y = vals.get((a, n), empty), vals.get((b, n), empty)
+      row = dict(n_per_class=n, a=a, b=b, n_a=x.size, n_b=y.size, metric=metric,
+                 diff=float(x.mean() - y.mean()) if x.size and y.size else np.nan)
+      r = _test(x, y, alternative)
+      if r:
+        row.update(U=r.statistic, p=r.pvalue, mw_method=r.method, alternative=r.alternative,
+                   rank_biserial=r.rank_biserial)
       else:
-        row.update(diff=np.nan, U=np.nan, p=np.nan, mw_method="", alternative=alternative,
+        row.update(U=np.nan, p=np.nan, mw_method="", alternative=alternative,
                    rank_biserial=np.nan)
       tests.append(row)
   tests_df = pd.DataFrame(tests, columns=["metric", "n_per_class", "a", "b", "n_a", "n_b", "diff",
@@ -213,17 +290,94 @@ def comparison_table(runs: pd.DataFrame, metric: str = "test_accuracy",
                                   else "—" for n in ns]
     table[f"p MW ({a} vs {b})"] = [stats.format_p(t.loc[n, "p"]) for n in ns]
     table[f"p Holm ({a} vs {b})"] = [stats.format_p(t.loc[n, "p_holm"]) for n in ns]
-  table["n per cell"] = ["/".join(str(vals[m, n].size) for m in methods) for n in ns]
+  table["n per cell"] = ["/".join(str(vals.get((m, n), empty).size) for m in methods) for n in ns]
   return table, tests_df
 
 
+def summary_table(runs: pd.DataFrame | Sequence[Mapping[str, Any]], reference: str | None = None,
+                  references: Mapping[str, str] | None = None,
+                  metrics: Sequence[str] = SUMMARY_METRICS,
+                  methods: Sequence[str] | None = None, alternative: str = "two-sided",
+                  decimals: int = 2, decimal_sep: str = ".") -> pd.DataFrame:
+  """Rows = method (x N per class when the runs hold several N); columns = seeds, 'mean ± std' %
+  of each metric some run has, Mann-Whitney p of the first metric vs the row's reference
+  (`references[method]`, else `reference`, else the first method) at the same N.
+
+  The layout of `tl_jax.compare`: one target, many methods, each tested against its own
+  baseline (e.g. SGD methods against an SGD scratch run). Each p is read on its own, so there is
+  no Holm family here; the thesis' family-corrected tests are `comparison_table`'s. `runs`
+  (summaries or a `load_runs` frame) must hold one dataset/experiment.
+  """
+  runs = runs if isinstance(runs, pd.DataFrame) else runs_frame(runs)
+  metrics = [m for m in metrics if m in runs.columns and runs[m].notna().any()]
+  if not metrics:
+    raise ConfigError("metrics", list(metrics), hint="no run has any of them")
+  methods = _methods(runs, methods)
+  reference = reference or methods[0]
+  references = dict(references or {})
+  ns = sorted(runs["n_per_class"].unique())
+  vals = {k: _samples(runs[runs[k].notna()], k) for k in metrics}
+  rows, index = [], []
+  for m in methods:
+    for n in ns:
+      seeds = int(((runs["method"] == m) & (runs["n_per_class"] == n)).sum())
+      if not seeds:
+        continue
+      ref = references.get(m, reference)
+      r = None if ref == m else _test(vals[metrics[0]].get((m, n)),
+                                      vals[metrics[0]].get((ref, n)), alternative)
+      rows.append([seeds] + [_cell(vals[k].get((m, n)), decimals, decimal_sep) for k in metrics]
+                  + [f"{stats.format_p(r.pvalue)} ({ref})" if r else "—"])
+      index.append((m, n) if len(ns) > 1 else m)
+  cols = ["seeds"] + [f"{metric_label(k)} (%)" for k in metrics] + ["Mann-Whitney p (vs)"]
+  idx = (pd.MultiIndex.from_tuples(index, names=["method", "N per class"]) if len(ns) > 1
+         else pd.Index(index, name="method"))
+  return pd.DataFrame(rows, index=idx, columns=cols)
+
+
+def metric_label(key: str) -> str:
+  """'test_macro_f1' -> 'test macro-F1': the column/row names every table uses."""
+  split, _, metric = key.partition("_")
+  if split not in SPLITS:
+    split, metric = "", key
+  return " ".join(x for x in (split, METRIC_LABELS.get(metric, metric.replace("_", " "))) if x)
+
+
+def _metric_grid(columns: Sequence[tuple[str, Mapping[str, Any], str]],
+                 decimals: int) -> pd.DataFrame:
+  """Rows = SPLIT_METRICS; a column per (label, summary, key prefix), '—' where absent."""
+  grid = pd.DataFrame(index=pd.Index([METRIC_LABELS[k] for k in SPLIT_METRICS], name="metric"))
+  for label, s, prefix in columns:
+    grid[label] = ["—" if s.get(prefix + k) is None else f"{s[prefix + k]:.{decimals}f}"
+                   for k in SPLIT_METRICS]
+  return grid
+
+
+def split_table(summary: Mapping[str, Any], decimals: int = 4) -> pd.DataFrame:
+  """One run: metric rows x train/val/test columns (the seed scenarios' Tables 1-6)."""
+  return _metric_grid([(s, summary, f"{s}_") for s in SPLITS], decimals)
+
+
+def split_comparison_table(runs: Sequence[tuple[str, Mapping[str, Any]]], split: str = "test",
+                           decimals: int = 4) -> pd.DataFrame:
+  """Metric rows x one column per labelled run on one split, plus epochs and wall time (the
+  seed scenarios' Table 7: single seeds side by side, no aggregation). Source runs dropped."""
+  runs = [(label, s) for label, s in runs if not is_source_run(s)]
+  grid = _metric_grid([(label, s, f"{split}_") for label, s in runs], decimals)
+  extra = pd.DataFrame([[f"{s.get('epochs_run')} ({s.get('best_epoch')})" for _, s in runs],
+                        [f"{s.get('wall_s', 0):.0f}" for _, s in runs]],
+                       index=["epochs run (best)", "wall time (s)"], columns=grid.columns)
+  return pd.concat([grid, extra]).rename_axis("metric")
+
+
 def to_markdown(df: pd.DataFrame) -> str:
-  """A GitHub Markdown table (index as first column); no extra dependency."""
-  head = [str(df.index.name or "")] + [str(c) for c in df.columns]
+  """A GitHub Markdown table (index levels as first columns); no extra dependency."""
+  head = [str(n or "") for n in df.index.names] + [str(c) for c in df.columns]
   esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
   lines = ["| " + " | ".join(map(esc, head)) + " |", "|" + "---|" * len(head)]
   for idx, row in df.iterrows():
-    lines.append("| " + " | ".join(map(esc, [idx, *row.tolist()])) + " |")
+    keys = idx if isinstance(idx, tuple) else (idx,)
+    lines.append("| " + " | ".join(map(esc, [*keys, *row.tolist()])) + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -242,6 +396,15 @@ def git_commit(root: str | os.PathLike | None = None) -> str:
   return (sha or "unknown (no commit)") + (" (dirty)" if sha and dirty else "")
 
 
+def _cpu_model() -> str:
+  """The CPU's marketing name (platform.processor() is often empty or 'x86_64' on Linux)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+  except (OSError, StopIteration):
+    return platform.processor() or platform.machine()
+
+
 def hardware_description() -> str:
   try:
     import jax  # lazy: the report itself needs no accelerator
@@ -249,8 +412,20 @@ def hardware_description() -> str:
     jax_s = f"jax {jax.__version__}, {len(jax.devices())} device(s) [{devs}]"
   except Exception as e:  # noqa: BLE001 - a report must still be written
     jax_s = f"jax unavailable ({type(e).__name__})"
-  return (f"{platform.platform()}; CPU {platform.processor() or platform.machine()} "
-          f"x{os.cpu_count()}; Python {platform.python_version()}; {jax_s}")
+  return (f"{platform.platform()}; CPU {_cpu_model()} x{os.cpu_count()}; "
+          f"Python {platform.python_version()}; {jax_s}")
+
+
+def provenance(config_name: str, seeds: Sequence[int], wall_s: float,
+               command: Sequence[str] | None = None) -> str:
+  """Where a table came from, as Markdown lines above it (results.md): command, config, seeds,
+  commit, date, hardware, wall time and the load average (a loaded machine skews wall time)."""
+  now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+  return (f"Command: `{' '.join(sys.argv if command is None else command)}`  \n"
+          f"Config: {config_name}; seeds {tuple(seeds)}  \nCommit: {git_commit()}  \n"
+          f"Date: {now}  \nHardware: {hardware_description()}  \n"
+          f"Wall time: {wall_s:.0f} s; 1-min load average at the end: {os.getloadavg()[0]:.2f}"
+          "\n\n")
 
 
 # ---------------------------------------------------------------- the whole report

@@ -22,15 +22,15 @@ depend on the code path that produced it. Every run - K = 1 included - goes thro
 
 A learner is any object with `init(key, variables) -> state`, `step(state, batch, key, consts)
 -> (state, metrics)` (pure; metrics hold scalar 'loss', 'accuracy', 'nonfinite'),
-`eval_variables(state) -> {'params', 'batch_stats'}`, `eval_logits(variables, x_uint8)` and
-`restore_variables(state, variables) -> state` (tl_jax.engine.learners).
+`eval_variables(state) -> {'params', 'batch_stats'}` (a field selection, so it also works on the
+stacked state) and `eval_logits(variables, images)` (tl_jax.engine.learners). A later segment
+starts from `learner.init` on the previous segment's best variables.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import math
 import os
 import pathlib

@@ -40,7 +40,22 @@ def _logits(out: Any) -> jax.Array:
   return out[0] if isinstance(out, tuple) else out
 
 
-class SupervisedLearner:
+class _Inference:
+  """What both families evaluate: `model` in inference mode on `preprocess_eval(images)`."""
+  model: Any
+  preprocess_eval: Preprocess
+
+  def eval_variables(self, state: Any) -> dict[str, Any]:
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+  def eval_logits(self, variables: dict[str, Any], images: jax.Array) -> jax.Array:
+    v = {"params": variables["params"]}
+    if jax.tree.leaves(variables.get("batch_stats", {})):
+      v["batch_stats"] = variables["batch_stats"]
+    return _logits(self.model.apply(v, self.preprocess_eval(images), train=False))
+
+
+class SupervisedLearner(_Inference):
   """Cross-entropy training of `model` with `tx` (one stage of a transfer strategy)."""
 
   def __init__(self, model: Any, tx: optax.GradientTransformation,
@@ -62,17 +77,8 @@ class SupervisedLearner:
     del consts
     return self._step(state, batch, key)
 
-  def eval_variables(self, state: TrainState) -> dict[str, Any]:
-    return {"params": state.params, "batch_stats": state.batch_stats}
 
-  def eval_logits(self, variables: dict[str, Any], images: jax.Array) -> jax.Array:
-    v = {"params": variables["params"]}
-    if jax.tree.leaves(variables.get("batch_stats", {})):
-      v["batch_stats"] = variables["batch_stats"]
-    return _logits(self.model.apply(v, self.preprocess_eval(images), train=False))
-
-
-class FeatureMatchingLearner:
+class FeatureMatchingLearner(_Inference):
   """UFM / L2T-ww / L2T-www on a target model; `consts` = the source network's variables."""
 
   def __init__(self, kt: KnowledgeTransfer, preprocess_eval: Optional[Preprocess]):
@@ -85,15 +91,6 @@ class FeatureMatchingLearner:
 
   def step(self, state: Any, batch: dict[str, jax.Array], key: jax.Array, consts: Any):
     return self.kt.iteration(state, batch, key, consts)
-
-  def eval_variables(self, state: Any) -> dict[str, Any]:
-    return {"params": state.params, "batch_stats": state.batch_stats}
-
-  def eval_logits(self, variables: dict[str, Any], images: jax.Array) -> jax.Array:
-    v = {"params": variables["params"]}
-    if jax.tree.leaves(variables.get("batch_stats", {})):
-      v["batch_stats"] = variables["batch_stats"]
-    return _logits(self.model.apply(v, self.preprocess_eval(images), train=False))
 
 
 class FlatHead:

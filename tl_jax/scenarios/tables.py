@@ -2,6 +2,9 @@
 train / val / test for every run of a comparison workdir (and its source run), plus the
 test-split comparison across methods (the seed's Table 7). Copies each run's figures.
 
+This module only finds the runs, labels them and writes files; the tables themselves are
+`tl_jax.analysis.report.split_table` / `split_comparison_table` (one table module).
+
     python -m tl_jax.scenarios.tables --workdir workdirs/seed000_catsdogs --out results/seed000
 """
 
@@ -13,9 +16,8 @@ import pathlib
 import shutil
 from typing import Any
 
-METRICS = (("accuracy", "Accuracy"), ("macro_f1", "F1 (macro)"), ("loss", "Loss"),
-           ("macro_recall", "Recall (macro)"))
-SPLITS = ("train", "val", "test")
+from tl_jax.analysis import report
+
 FIGURES = ("confusion_matrix.png", "curves.png")
 
 
@@ -37,34 +39,6 @@ def find_runs(workdir: str | pathlib.Path) -> list[tuple[str, pathlib.Path, dict
   return out
 
 
-def split_table(summary: dict[str, Any]) -> str:
-  """One run: metric rows x train/val/test columns (the seed's Tables 1-6)."""
-  lines = ["| metric | train | val | test |", "|---|---:|---:|---:|"]
-  for key, label in METRICS:
-    cells = []
-    for s in SPLITS:
-      v = summary.get(f"{s}_{key}")
-      cells.append("—" if v is None else f"{v:.4f}")
-    lines.append(f"| {label} | " + " | ".join(cells) + " |")
-  return "\n".join(lines)
-
-
-def comparison_table(runs: list[tuple[str, pathlib.Path, dict[str, Any]]],
-                     split: str = "test") -> str:
-  """Metric rows x method columns on one split (the seed's Table 7)."""
-  runs = [r for r in runs if r[0] != "source"]
-  head = "| metric | " + " | ".join(r[0] for r in runs) + " |"
-  lines = [head, "|---|" + "---:|" * len(runs)]
-  for key, label in METRICS:
-    lines.append(f"| {label} | " + " | ".join(f"{r[2].get(f'{split}_{key}', float('nan')):.4f}"
-                                             for r in runs) + " |")
-  lines.append("| epochs run (best) | " + " | ".join(
-      f"{r[2].get('epochs_run')} ({r[2].get('best_epoch')})" for r in runs) + " |")
-  lines.append("| wall time (s) | " + " | ".join(f"{r[2].get('wall_s', 0):.0f}" for r in runs)
-               + " |")
-  return "\n".join(lines)
-
-
 def write(workdir: str | pathlib.Path, out: str | pathlib.Path | None = None,
           all_seeds: bool = False) -> str:
   """Writes `out`/tables.md and copies figures (of the source and of seed-0 runs unless
@@ -72,11 +46,16 @@ def write(workdir: str | pathlib.Path, out: str | pathlib.Path | None = None,
   runs = find_runs(workdir)
   if not runs:
     raise SystemExit(f"no summary.json under {workdir}")
-  parts = ["## Test split, all runs", "", comparison_table(runs), ""]
+  wd = pathlib.Path(workdir)
+  methods = [(label, s) for label, run_dir, s in runs
+             if not report.is_source_run(s, run_dir.relative_to(wd))]
+  parts = ["## Test split, all runs", "",
+           report.to_markdown(report.split_comparison_table(methods))]
   for label, run_dir, s in runs:
     parts += [f"## {label}", "", f"strategy `{s.get('strategy')}`, model `{s.get('model')}`, "
               f"train size {s.get('train_size')}, epochs run {s.get('epochs_run')}, best epoch "
-              f"{s.get('best_epoch')}, {s.get('wall_s', 0):.0f} s", "", split_table(s), ""]
+              f"{s.get('best_epoch')}, {s.get('wall_s', 0):.0f} s", "",
+              report.to_markdown(report.split_table(s))]
   text = "\n".join(parts)
   if out is not None:
     o = pathlib.Path(out)
