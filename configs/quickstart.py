@@ -41,7 +41,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eval_batch_size = 250
   c.train.checkpoint_every = 0
   c.train.progress = False
-  c.transfer.warmup_epochs = 8
 
   c.compare = ml_collections.ConfigDict()
   c.compare.source = ml_collections.ConfigDict({
@@ -58,7 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.compare.methods = ml_collections.ConfigDict({
       "scratch": strat("scratch"),
       "frozen_backbone": strat("frozen_backbone"),
-      "fine_tune": strat("fine_tune"),
+      "fine_tune": {"transfer": {"strategy": "fine_tune", "warmup_epochs": 8}},
       "full_fine_tune": strat("full_fine_tune"),
       "feature_extraction": strat("feature_extraction", model={"head": "dense256"}),
       # Knowledge transfer from the digits-0-4 LeNet (tl_jax.kt): momentum SGD as in L2T-ww, so

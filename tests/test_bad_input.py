@@ -98,7 +98,7 @@ def test_missing_and_corrupt_weight_file(data, tmp_path):
 
 def test_non_finite_loss_stops_with_message(data, tmp_path):
   cfg = tiny_config(data, **{"optimizer.lr": 1e30, "train.num_epochs": 3})
-  with pytest.raises(NonFiniteLossError, match="non-finite loss at epoch"):
+  with pytest.raises(NonFiniteLossError, match=r"non-finite loss for seed 0 at epoch \d+, batch"):
     experiment.train_and_evaluate(cfg, tmp_path)
   assert not (tmp_path / "summary.json").exists()
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from tl_jax import experiment, models
-from tl_jax.compare import apply_overrides, run_comparison
+from tl_jax.compare import run_comparison
+from tl_jax.sweep.grid import apply_overrides
 from tl_jax.data import preprocess
 from tl_jax.models.efficientnet import EfficientNetLite0
 from tl_jax.scenarios import gtsrb, tables

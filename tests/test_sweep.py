@@ -78,7 +78,7 @@ def test_expand_grid_rejects_bad_grids(tmp_path):
   with pytest.raises(ConfigError, match="sweep"):
     grid.expand_grid(base_config(), tmp_path)
   for field, value in (("seeds", 0), ("methods", "scratch"), ("n_per_class", (5, 5)),
-                       ("n_per_class", (0,)), ("seeds", (1.5,))):
+                       ("n_per_class", (-1,)), ("seeds", (1.5,))):
     c = _grid_config()
     c.sweep = ml_collections.ConfigDict({**c.sweep.to_dict(), field: value})
     with pytest.raises(ConfigError):

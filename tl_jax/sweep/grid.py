@@ -69,15 +69,20 @@ def cell_dirname(method: str, n_per_class: int, seed: int) -> str:
 
 
 def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
-  """config.a.b.c = value for an existing field (ConfigError if any part is missing)."""
+  """config.a.b.c = value for an existing field (ConfigError if any part is missing); a new key
+  is accepted only inside the open `*kwargs` dicts (model, head, source kwargs)."""
   node = config
   parts = dotted.split(".")
   for i, p in enumerate(parts):
-    if not isinstance(node, (ml_collections.ConfigDict, dict)) or p not in node:
+    open_dict = i == len(parts) - 1 and i > 0 and parts[i - 1].endswith("kwargs")
+    if not isinstance(node, (ml_collections.ConfigDict, dict)) or (p not in node and
+                                                                    not open_dict):
       raise ConfigError(f"sweep override '{dotted}'", value, hint=f"the config has no field "
                         f"'{'.'.join(parts[:i + 1])}'")
     if i < len(parts) - 1:
       node = node[p]
+  if isinstance(value, list):
+    value = tuple(value)
   try:
     node[parts[-1]] = value
   except (TypeError, ValueError) as e:
@@ -113,6 +118,16 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   return out
 
 
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Any
+                    ) -> ml_collections.ConfigDict:
+  """A deep copy of `config` with nested ({'transfer': {'strategy': ...}}) or dotted overrides."""
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    for k, v in flatten(overrides).items():
+      set_field(c, k, v)
+  return c
+
+
 def _overrides(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
   mo = config.sweep.get("method_overrides") if "sweep" in config else None
   return {str(m): flatten(v) for m, v in (mo.items() if mo else [])}
@@ -145,8 +160,8 @@ def expand_grid(config: ml_collections.ConfigDict, root: str | os.PathLike) -> l
   methods = _seq(config.sweep, "methods", str)
   ns = _seq(config.sweep, "n_per_class", int)
   seeds = _seq(config.sweep, "seeds", int)
-  if any(n < 1 for n in ns):
-    raise ConfigError("sweep.n_per_class", ns, "positive integers")
+  if any(n < 0 for n in ns):
+    raise ConfigError("sweep.n_per_class", ns, "integers >= 0 (0 = the whole training pool)")
   unknown = set(_overrides(config)) - set(methods)
   if unknown:
     raise ConfigError("sweep.method_overrides", sorted(unknown), methods)
