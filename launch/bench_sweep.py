@@ -11,7 +11,7 @@ not depend on them). Each (method, mode) runs in its own subprocess so that its 
 memory (ru_maxrss) is its own; the epoch times are the engine's per-epoch wall times (one
 compiled call per epoch) and the first epoch, which compiles, is excluded. `--flops` prints the
 FLOPs of one compiled step per method from `jit(...).lower(...).compile().cost_analysis()`.
-Results go to --out as bench_sweep_<hardware>.json (atomically); the README is written by hand
+Results go to --out (results/benchmarks/engine) as bench_sweep_<what>.json (atomically); the README is written by hand
 from them, with the command beside each number.
 """
 
@@ -144,7 +144,7 @@ def main(argv=None):
   ap.add_argument("--mode", help=argparse.SUPPRESS)  # child process
   ap.add_argument("--cache_dir", help=argparse.SUPPRESS)
   ap.add_argument("--flops", action="store_true")
-  ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks"))
+  ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "engine"))
   args = ap.parse_args(argv)
   if args.mode:
     print("RESULT " + json.dumps(child(args)), flush=True)

@@ -4,7 +4,7 @@ report table. Run through `bash launch/thesis_gpu.sh [WORKDIR]`.
 
 How many seeds: as many as the cost-analysis projection says fit in --budget_s (default 8 min,
 compilation included), at most 30. The projection uses the FLOPs of one compiled step per
-method (results/benchmarks/bench_sweep_flops.json, from `python launch/bench_sweep.py --flops`),
+method (results/benchmarks/engine/bench_sweep_flops.json, from `python launch/bench_sweep.py --flops`),
 the device's float32 peak and an assumed utilisation (--utilisation); the arithmetic is printed
 and written beside the table, and so is the measured wall time, so the assumption can be
 checked. Matrix multiplications and convolutions run at precision 'highest' (no TF32): the L2T
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
   ap.add_argument("--budget_s", type=float, default=480.0)
   ap.add_argument("--utilisation", type=float, default=0.25)
   ap.add_argument("--compile_s", type=float, default=60.0, help="assumed per method")
-  ap.add_argument("--flops", default=str(ROOT / "results" / "benchmarks" /
+  ap.add_argument("--flops", default=str(ROOT / "results" / "benchmarks" / "engine" /
                                          "bench_sweep_flops.json"))
   ap.add_argument("--smoke", action="store_true")
   args = ap.parse_args(argv)

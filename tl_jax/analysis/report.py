@@ -384,13 +384,17 @@ def to_markdown(df: pd.DataFrame) -> str:
 # ---------------------------------------------------------------- provenance
 
 def git_commit(root: str | os.PathLike | None = None) -> str:
+  """HEAD's sha, with ' (dirty)' when tracked code differs from it. Files under results/ do not
+  count: they are what runs write (a benchmark script rewriting its own earlier output must not
+  mark the code it runs as uncommitted)."""
   root = root or pathlib.Path(__file__).resolve().parents[2]
   try:
     r = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=root,
                        capture_output=True, text=True, timeout=10)
     sha = r.stdout.strip() if r.returncode == 0 else ""
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                           capture_output=True, text=True, timeout=10).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                            ":(exclude)results"], cwd=root, capture_output=True, text=True,
+                           timeout=10).stdout.strip()
   except (OSError, subprocess.SubprocessError):
     return "unknown"
   return (sha or "unknown (no commit)") + (" (dirty)" if sha and dirty else "")
