@@ -113,10 +113,20 @@ def check_honoured(config: ml_collections.ConfigDict) -> None:
     if float(config.train.label_smoothing):
       raise ConfigError("train.label_smoothing", config.train.label_smoothing, [0.0],
                         hint=f"kt.method {config.kt.method!r} matches the authors' plain CE")
-  if config.transfer.strategy == "feature_extraction" and config.input.augment != "none":
-    raise ConfigError("input.augment", config.input.augment, ["none"],
-                      hint="feature_extraction caches the backbone's features once; "
-                      "augmentation would be ignored")
+  if config.transfer.strategy == "feature_extraction":
+    for field, allowed in (("input.augment", "none"), ("transfer.bn", "live")):
+      if _get_field(config, field) != allowed:
+        raise ConfigError(field, _get_field(config, field), [allowed],
+                          hint="feature_extraction caches the backbone's features once, in "
+                          "inference mode; the field would be ignored")
+  if config.transfer.strategy == "scratch" and (config.transfer.init_from or
+                                                config.transfer.init_kind != "tl_jax"):
+    raise ConfigError("transfer.init_from", config.transfer.init_from or
+                      config.transfer.init_kind, hint="strategy 'scratch' starts from a fresh "
+                      "init; choose a transfer strategy to use a source")
+  if config.model.head == "default" and config.model.head_kwargs.to_dict():
+    raise ConfigError("model.head_kwargs", config.model.head_kwargs.to_dict(),
+                      hint="model.head='default' (the registry's head) takes no head_kwargs")
 
 
 def fit_config(config: ml_collections.ConfigDict, batch_size: int) -> engine.FitConfig:

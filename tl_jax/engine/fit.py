@@ -503,8 +503,11 @@ def fit(segments: Sequence[Segment], data: SeedData, seeds: Sequence[int], init_
         last = ep >= seg.num_epochs or done.all()
         if ckpt is not None and (ep % cfg.checkpoint_every == 0 or last):
           ckpt_step = epoch_offset + ep
-          ckpt.save(ckpt_step, carry, {"seeds": list(seeds), "segment": si, "next_epoch": ep,
-                                       "histories": histories, "ckpt_step": ckpt_step})
+          # to_jsonable builds new containers: the save is asynchronous and `histories` grows
+          # during the next epoch, so the checkpoint must not hold a reference to it
+          meta = jsonl.to_jsonable({"seeds": list(seeds), "segment": si, "next_epoch": ep,
+                                    "histories": histories, "ckpt_step": ckpt_step})
+          ckpt.save(ckpt_step, carry, meta)
       if done.all():
         bar.update(seg.num_epochs - ep)
       use_best = cfg.restore_best and monitor_ok
