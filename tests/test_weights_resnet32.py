@@ -66,7 +66,7 @@ def test_logits_equal_pytorch_twin():
   torch = pytest.importorskip("torch")
   from tl_jax.weights import torch_twins as tt
   twin = tt.ResNet32L2T(200)
-  state = torch.load(paths.resolve(PTH), map_location="cpu", weights_only=False)["state_dict"]
+  state = torch.load(paths.resolve(PTH), map_location="cpu", weights_only=True)["state_dict"]
   twin.load_state_dict(state, strict=True)
   twin.eval()
   x, _ = _val_images(16)
@@ -139,3 +139,27 @@ def test_torch_twins_equal_tl_jax_models(name, kwargs, shape):
     want, _ = twin(tt.nhwc_to_torch(x))
   got, _ = jax.jit(lambda v, x: model.apply(v, x, train=False))(v, x)
   chex.assert_trees_all_close(np.asarray(got), want.numpy(), atol=1e-4, rtol=1e-4)
+
+
+class _RunsCode:
+  """A pickle payload that calls os.system when unpickled (a crafted .pth.tar)."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    import os
+    return (os.system, (f"touch {self.marker}",))
+
+
+def test_torch_file_that_would_run_code_is_refused(tmp_path):
+  torch = pytest.importorskip("torch")
+  marker = tmp_path / "pwned"
+  bad = tmp_path / "evil.pth.tar"
+  torch.save({"state_dict": {"w": torch.zeros(2)}, "payload": _RunsCode(marker)}, bad)
+  with pytest.raises(ConfigError, match="weights.path.*weights_only=True"):
+    read_torch_state_dict(bad)
+  assert not marker.exists()  # refused, not executed
+  good = tmp_path / "ok.pth.tar"
+  torch.save({"epoch": 3, "best": 1.5, "state_dict": {"w": torch.ones(2)}}, good)
+  np.testing.assert_array_equal(read_torch_state_dict(good)["w"], np.ones(2, np.float32))

@@ -48,9 +48,13 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   except ImportError as e:
     raise ConfigError("weights.path", str(p), hint="reading a .pth needs torch; use the .npz") from e
   try:
-    obj = torch.load(p, map_location="cpu", weights_only=False)
+    # weights_only: torch's restricted unpickler (tensors, containers, numbers, strings); a file
+    # that would run code on load is refused instead of executed
+    obj = torch.load(p, map_location="cpu", weights_only=True)
   except Exception as e:  # torch raises many types (RuntimeError, UnpicklingError, EOFError...)
-    raise ConfigError("weights.path", str(p), hint=f"corrupt or unreadable torch file: {e}") from e
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise ConfigError("weights.path", str(p), hint=f"corrupt, unreadable or unsafe torch file "
+                      f"(loaded with weights_only=True): {first}") from e
   if isinstance(obj, Mapping) and "state_dict" in obj:
     obj = obj["state_dict"]
   if not isinstance(obj, Mapping):
