@@ -4,7 +4,10 @@ Source: L2T-ww's ResNet-32 trained on Tiny ImageNet (shared://weights). Target: 
 ImageNet mean/std, pad-4 crop + flip; SGD 0.1, momentum 0.9, coupled weight decay 1e-4, cosine
 per epoch, batch 128, 200 epochs; 15 pairs (source stage outputs x the 5 target pre-pool maps);
 T = 2; beta = 0.5; meta Adam 1e-4 (coupled decay 1e-4). Test accuracy at the best-validation
-epoch. Methods: scratch, ufm, l2t_ww, l2t_www.
+epoch. Methods: scratch, ufm, l2t_ww, l2t_www. As the authors' PyTorch code computes them: BN
+running statistics updated twice per L2T iteration (kt.bn_updates='reference', the default) with
+PyTorch's unbiased running variance (model.bn_running_var='unbiased'); the meta-gradient in float32
+at matmul precision 'highest' (kt.meta_dtype, kt.matmul_precision; see tl_jax.kt.bilevel).
 
 Arguments (`--config configs/l2t_thesis.py:DATASET`): cifar10 (default; N in 10,30,50,100,150),
 cifar100 (N in 5,10,20,30,50), stl10 (N in 5,10,30,50,100; needs a TFDS stl10 prepared as
@@ -56,6 +59,7 @@ def get_config(dataset: str = "cifar10") -> ml_collections.ConfigDict:
   c.input.augment = "crop_flip"
   c.input.normalize = "imagenet"
   c.model.name = "vgg9"
+  c.model.bn_running_var = "unbiased"  # the reference is PyTorch code (unbiased running var)
   c.optimizer.name = "sgd"
   c.optimizer.lr = 0.1
   c.optimizer.momentum = 0.9

@@ -46,6 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.kwargs = ml_collections.ConfigDict()
   c.model.head = "default"   # 'default' | 'dense256' | 'custom_resnet' (tl_jax.transfer.heads)
   c.model.head_kwargs = ml_collections.ConfigDict()
+  # BatchNorm running variance: 'biased' (flax) | 'unbiased' (PyTorch's n/(n-1); for models
+  # imported from or compared with PyTorch code, e.g. the L2T thesis configs)
+  c.model.bn_running_var = "biased"
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "sgd"
@@ -100,4 +103,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.kt.inner_steps = 2
   c.kt.meta_lr = 1e-4
   c.kt.meta_weight_decay = 1e-4
+  # BN running statistics per L2T iteration: 'reference' = updated at the real step and again at
+  # θ_0 (the authors' MetaSGD re-runs the matching forward there) | 'single' = real step only
+  c.kt.bn_updates = "reference"
+  # look-ahead + meta-gradient in float32 (the reference) or float64 (exact; state stays float32)
+  c.kt.meta_dtype = "float32"
+  # XLA precision of every conv / matmul of a KT iteration: default | high | highest (on GPUs
+  # 'default' may run float32 as TF32, too coarse for the meta-gradient)
+  c.kt.matmul_precision = "highest"
+  # L2T-www's per-channel h: input 'pooled' (source vector) | 'map' (the channel's own map);
+  # init 'identity' (γ ≡ 1: starts as L2T-ww) | 'torch' (PyTorch nn.Linear default)
+  c.kt.which_input = "pooled"
+  c.kt.which_init = "identity"
+  # every k iterations record the float32 vs float64 meta-gradient at the run's state
+  # (tl_jax.analysis.meta_precision; reads the state, changes nothing); 0 = off
+  c.kt.precision_probe_every = 0
   return c

@@ -76,6 +76,12 @@ _HONOURED = (
     ("kt.inner_steps", ("l2t_ww", "l2t_www")),
     ("kt.meta_lr", ("l2t_ww", "l2t_www")),
     ("kt.meta_weight_decay", ("l2t_ww", "l2t_www")),
+    ("kt.bn_updates", ("l2t_ww", "l2t_www")),
+    ("kt.meta_dtype", ("l2t_ww", "l2t_www")),
+    ("kt.matmul_precision", _KT),
+    ("kt.which_input", ("l2t_www",)),
+    ("kt.which_init", ("l2t_www",)),
+    ("kt.precision_probe_every", ("l2t_ww", "l2t_www")),
 )
 
 
@@ -114,7 +120,8 @@ def check_honoured(config: ml_collections.ConfigDict) -> None:
       raise ConfigError("train.label_smoothing", config.train.label_smoothing, [0.0],
                         hint=f"kt.method {config.kt.method!r} matches the authors' plain CE")
   if config.transfer.strategy == "feature_extraction":
-    for field, allowed in (("input.augment", "none"), ("transfer.bn", "live")):
+    for field, allowed in (("input.augment", "none"), ("transfer.bn", "live"),
+                           ("model.bn_running_var", "biased")):
       if _get_field(config, field) != allowed:
         raise ConfigError(field, _get_field(config, field), [allowed],
                           hint="feature_extraction caches the backbone's features once, in "
@@ -238,7 +245,8 @@ def _supervised_segments(config, model, head_rx, params, spe: int) -> list[engin
     learner = SupervisedLearner(model, tx, aug, pre,
                                 label_smoothing=float(config.train.label_smoothing),
                                 bn_frozen=stage.bn_frozen,
-                                trainable=jax.tree.map(lambda f: not f, frozen))
+                                trainable=jax.tree.map(lambda f: not f, frozen),
+                                bn_running_var=str(config.model.bn_running_var))
     logging.info("stage %s: %d epochs; %s", stage.name, stage.num_epochs,
                  masks.describe_trainable(params, tuple(stage.optimizer.frozen)))
     segs.append(engine.Segment(stage.name, int(stage.num_epochs), learner,
@@ -252,7 +260,10 @@ def _kt_setup(config, target, t_vars, image_shape, spe: int):
   k = config.kt
   kcfg = KTConfig(method=k.method, beta=float(k.beta), inner_steps=int(k.inner_steps),
                   meta_lr=float(k.meta_lr), meta_weight_decay=float(k.meta_weight_decay),
-                  bn_frozen=config.transfer.bn == "frozen")
+                  bn_frozen=config.transfer.bn == "frozen", bn_updates=str(k.bn_updates),
+                  bn_running_var=str(config.model.bn_running_var),
+                  meta_dtype=str(k.meta_dtype), matmul_precision=str(k.matmul_precision),
+                  which_input=str(k.which_input), which_init=str(k.which_init))
   source = models.create_model(k.source_model, int(k.source_num_classes),
                                **k.source_kwargs.to_dict())
   s_vars = tinit.load_source(k.source_kind, k.source_weights, backbone=source)
@@ -270,6 +281,13 @@ def _kt_setup(config, target, t_vars, image_shape, spe: int):
   seg = engine.Segment("train", epochs, learner, float(config.optimizer.lr),
                        optim.make_lr_fn(config.optimizer, spe, epochs))
   return seg, s_vars, kt
+
+
+def _chain(*hooks):
+  def run(state, record):
+    for h in hooks:
+      h(state, record)
+  return run
 
 
 def group_checkpoint_dir(seeds: Sequence[int], workdirs: Sequence[pathlib.Path]) -> pathlib.Path:
@@ -361,6 +379,12 @@ def run_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
     probe = augment.make_preprocess(config.input)(jnp.asarray(val.images[:16]))
     meta_fn = jax.jit(lambda st, im: kt.meta_outputs(st, im, consts))
     recorders = [traces.TraceRecorder(wd, meta_fn, probe, kt.config.method) for wd in wds]
+    every = int(config.kt.precision_probe_every)
+    if every > 0:
+      from tl_jax.analysis.meta_precision import MetaPrecisionProbe
+      probes = [MetaPrecisionProbe(wd, kt, consts, images, labels, train_idx[i], s, cfg.batch_size,
+                                   cfg.drop_last, every) for i, (s, wd) in enumerate(zip(seeds, wds))]
+      recorders = [_chain(r, p) for r, p in zip(recorders, probes)]
   data = engine.SeedData(images, labels, train_idx, split_idx["val"], num_classes)
   ckpt_dir = group_checkpoint_dir(seeds, wds)
   logging.info("%s: %d seed(s) %s as one program (%s)", method_name(config), len(seeds), seeds,

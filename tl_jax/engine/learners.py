@@ -61,11 +61,12 @@ class SupervisedLearner(_Inference):
   def __init__(self, model: Any, tx: optax.GradientTransformation,
                preprocess_train: Optional[Callable[[jax.Array, jax.Array], jax.Array]],
                preprocess_eval: Optional[Preprocess], *, label_smoothing: float = 0.0,
-               bn_frozen: bool = False, trainable: Any = None):
+               bn_frozen: bool = False, trainable: Any = None, bn_running_var: str = "biased"):
     self.model, self.tx = model, tx
     self.preprocess_eval = preprocess_eval or steps.default_preprocess
     self._step = steps.make_train_step(model, preprocess_train, label_smoothing=label_smoothing,
-                                       bn_frozen=bn_frozen, trainable=trainable, jit=False)
+                                       bn_frozen=bn_frozen, trainable=trainable,
+                                       bn_running_var=bn_running_var, jit=False)
 
   def init(self, key: jax.Array, variables: dict[str, Any]) -> TrainState:
     del key  # the optimiser state is deterministic

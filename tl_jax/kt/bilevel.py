@@ -18,9 +18,26 @@ Why second order is required: θ_{T+1} depends on φ only through the inner grad
 FOMAML) therefore gives a meta-gradient that is identically zero; the signal is the mixed
 derivative ∂²L_wfm/∂θ∂φ (plus the θ-Hessian terms that carry it through later steps).
 
-Known deviation from the reference: its `meta_backward` re-runs the matching forward at θ_0 in
-train mode and so updates BN running statistics twice per iteration; here only the real step's
-forward updates them (look-ahead BN updates are dropped with the look-ahead).
+BatchNorm running statistics (`KTConfig.bn_updates`): the look-ahead's own BN updates are
+dropped with it, but the reference's `meta_backward` restores θ_0 and re-runs the matching
+objective there in train mode without restoring again, so its running statistics are updated
+twice per iteration - at the real step (forward at the pre-update θ) and at θ_0.
+  'reference' (default) - the same two updates: the second is the train-mode forward at θ_0 on
+      the same batch that the first look-ahead step computes anyway (no extra cost). Every
+      number in the thesis is an eval-mode prediction of the reference code, so this is what
+      reproduces it (effective BN momentum ≈ 0.19 per iteration instead of 0.1).
+  'single' - only the real step's forward updates them (what a clean bilevel step would do).
+  UFM and scratch have no look-ahead: one update either way. PyTorch also stores the *unbiased*
+  batch variance (`bn_running_var='unbiased'`, tl_jax.models.layers.bn_running_var).
+
+Precision (`meta_dtype`, `matmul_precision`): the look-ahead's CE rises from ~2.3 to ~16 in the
+first iterations at lr 0.1 and a 1e-7 relative change of θ moves the meta-gradient by tens of
+percent, so a float32 meta-gradient is largely roundoff early in training (in the reference
+too). `meta_dtype='float64'` runs the look-ahead and the meta-gradient in float64 (the real step,
+the state and Adam stay float32); `matmul_precision` (default 'highest') is the XLA precision of
+every convolution and matmul of the iteration - on GPUs 'default' lets XLA use TF32.
+`meta_gradient(..., dtype=, precision=)` computes it at any setting for the diagnostic
+(tl_jax.analysis.meta_precision).
 
 The frozen source network is an argument of the iteration (`source_variables`), never part of
 the state: the state is donated and checkpointed, the source is a constant.
@@ -28,6 +45,7 @@ the state: the state is donated and checkpointed, the source is a constant.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Any, Callable, Mapping, Sequence
@@ -39,13 +57,35 @@ import optax
 
 from tl_jax.errors import ConfigError, check_choice
 from tl_jax.kt import matching
-from tl_jax.kt.meta_nets import MetaNetworks, init_meta_params
+from tl_jax.kt.meta_nets import WHICH_INITS, WHICH_INPUTS, MetaNetworks, init_meta_params
 from tl_jax.kt.pairs import PairSpec
-from tl_jax.models.layers import batch_norm_mask, frozen_batch_norm
+from tl_jax.models.layers import (BN_RUNNING_VAR, batch_norm_mask, bn_running_var,
+                                   frozen_batch_norm)
 from tl_jax.train import optim
 
 METHODS = ("scratch", "ufm", "l2t_ww", "l2t_www")
 META_METHODS = ("l2t_ww", "l2t_www")
+BN_UPDATES = ("reference", "single")
+META_DTYPES = ("float32", "float64")
+MATMUL_PRECISIONS = ("default", "high", "highest")
+
+
+def cast_floating(tree: Any, dtype: Any) -> Any:
+  """Every floating leaf of `tree` as `dtype` (integers, keys and None unchanged)."""
+  return jax.tree_util.tree_map(
+      lambda a: a.astype(dtype) if hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.floating)
+      else a, tree)
+
+
+@contextlib.contextmanager
+def precision_scope(dtype: str, precision: str):
+  """Trace-time scope of a computation in `dtype` ('float64' enables x64) at XLA matmul
+  `precision`."""
+  with contextlib.ExitStack() as stack:
+    if dtype == "float64":
+      stack.enter_context(jax.enable_x64(True))
+    stack.enter_context(jax.default_matmul_precision(precision))
+    yield
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +100,12 @@ class KTConfig:
   meta_weight_decay: float = 1e-4
   first_order: bool = False     # ablation only: yields a zero meta-gradient (module docstring)
   bn_frozen: bool = False       # transfer.bn='frozen': the target's BN in inference mode
+  bn_updates: str = "reference"  # reference (2 BN-stat updates per L2T iteration) | single
+  bn_running_var: str = "biased"  # biased (flax) | unbiased (PyTorch) running variance
+  meta_dtype: str = "float32"    # float32 | float64: look-ahead + meta-gradient precision
+  matmul_precision: str = "highest"  # default | high | highest (XLA conv / matmul precision)
+  which_input: str = "pooled"    # L2T-www h input: pooled source vector | the channel's map
+  which_init: str = "identity"   # L2T-www h init: identity (γ ≡ 1) | torch (nn.Linear default)
   remat: bool = False           # jax.checkpoint each look-ahead step to save memory
 
 
@@ -151,6 +197,12 @@ class KnowledgeTransfer:
     check_choice("kt.method", config.method, METHODS)
     if config.inner_steps < 0:
       raise ConfigError("kt.inner_steps", config.inner_steps, ">= 0")
+    check_choice("kt.bn_updates", config.bn_updates, BN_UPDATES)
+    check_choice("model.bn_running_var", config.bn_running_var, BN_RUNNING_VAR)
+    check_choice("kt.meta_dtype", config.meta_dtype, META_DTYPES)
+    check_choice("kt.matmul_precision", config.matmul_precision, MATMUL_PRECISIONS)
+    check_choice("kt.which_input", config.which_input, WHICH_INPUTS)
+    check_choice("kt.which_init", config.which_init, WHICH_INITS)
     self.source_model, self.target_model = source_model, target_model
     self.pairs = tuple(pairs) if config.method != "scratch" else ()
     if config.method != "scratch" and not self.pairs:
@@ -161,7 +213,8 @@ class KnowledgeTransfer:
     self.preprocess = preprocess or (lambda key, x: x.astype(jnp.float32))
     self.meta_tx = optax.chain(optax.add_decayed_weights(config.meta_weight_decay),
                                optax.adam(config.meta_lr))
-    self.meta_net = MetaNetworks(self.pairs, which=config.method == "l2t_www")
+    self.meta_net = MetaNetworks(self.pairs, which=config.method == "l2t_www",
+                                 which_input=config.which_input, which_init=config.which_init)
     self.l2t_iteration = jax.jit(self.iteration, donate_argnums=0)
     self.meta_outputs = jax.jit(self._meta_outputs)
 
@@ -175,7 +228,8 @@ class KnowledgeTransfer:
     method = self.config.method
     params = target_variables["params"]
     regressors = matching.init_regressors(self.pairs, k_reg) if self.pairs else {}
-    meta = init_meta_params(self.pairs, method == "l2t_www", k_meta) if method in META_METHODS else {}
+    meta = (init_meta_params(self.pairs, method == "l2t_www", k_meta, self.config.which_input,
+                             self.config.which_init) if method in META_METHODS else {})
     theta = {"target": params, "regressors": regressors}
     return KTState(step=jnp.zeros((), jnp.int32), params=params,
                    batch_stats=target_variables.get("batch_stats", {}), regressors=regressors,
@@ -187,7 +241,8 @@ class KnowledgeTransfer:
     """Train-mode target forward -> (logits, features, new batch_stats)."""
     variables = _variables(params, batch_stats)
     # BatchNorm sees the real rows only; with bn_frozen tl_jax BNs run in inference mode
-    with batch_norm_mask(mask), frozen_batch_norm(self.config.bn_frozen):
+    with batch_norm_mask(mask), frozen_batch_norm(self.config.bn_frozen), \
+        bn_running_var(self.config.bn_running_var):
       if batch_stats and not self.config.bn_frozen:
         (logits, feats), upd = self.target_model.apply(
             variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": rng})
@@ -200,12 +255,13 @@ class KnowledgeTransfer:
     _, feats = self.source_model.apply(source_variables, x, train=False)
     return jax.lax.stop_gradient(feats)
 
-  def meta_forward(self, meta_params, pooled, batch: int):
-    """φ -> per-pair {'w', 'lam'[, 'gamma']} and the full-resolution γ per pair (or None)."""
+  def meta_forward(self, meta_params, pooled, batch: int, maps=None):
+    """φ -> per-pair {'w', 'lam'[, 'gamma']} and the full-resolution γ per pair (or None).
+    `maps` (the source maps) is read by L2T-www's h with which_input='map'."""
     if self.config.method == "ufm":
       out = matching.uniform_meta(self.pairs, batch)
     else:
-      out = self.meta_net.apply({"params": meta_params}, pooled)
+      out = self.meta_net.apply({"params": meta_params}, pooled, maps)
     return out, matching.full_gamma(self.pairs, out)
 
   def wfm(self, regressors, feats, ctx, meta_out, gammas):
@@ -229,11 +285,17 @@ class KnowledgeTransfer:
     Differentiable in `meta_params` (exact second-order meta-gradient through optax's update);
     θ_0 and its optimiser state are constants; the schedule count stays at `ctx['count_ref']`'s
     (the real step's LR). With `config.first_order` the inner gradients are stop_gradient'ed
-    (result: zero gradient).
+    (result: zero gradient). Computes in the dtype of its inputs.
     """
+    return self.meta_objective_aux(meta_params, theta0, opt0, bs0, ctx, rng)[0]
+
+  def meta_objective_aux(self, meta_params, theta0, opt0, bs0, ctx, rng):
+    """`meta_objective` and aux = {'bn_theta0': BN statistics after one train-mode forward at
+    θ_0 (the reference's second update), 'lookahead': the loss of each look-ahead step
+    (L_wfm at θ_0..θ_{T-1}, CE at θ_T) and CE(θ_{T+1}), shape [T + 2]}."""
     c = self.config
     x, y, mask = ctx["x"], ctx["y"], ctx["mask"]
-    meta_out, gammas = self.meta_forward(meta_params, ctx["pooled"], x.shape[0])
+    meta_out, gammas = self.meta_forward(meta_params, ctx["pooled"], x.shape[0], ctx.get("maps"))
     theta, v, bs = jax.lax.stop_gradient((theta0, opt0, bs0))
     count_ref = ctx.get("count_ref", opt0)
     rngs = jax.random.split(rng, c.inner_steps + 2)
@@ -248,19 +310,46 @@ class KnowledgeTransfer:
 
     def make_step(loss_fn):
       def step(th, v_, bs_, r):
-        g, nbs = jax.grad(loss_fn, has_aux=True)(th, bs_, r)
+        (loss, nbs), g = jax.value_and_grad(loss_fn, has_aux=True)(th, bs_, r)
         if c.first_order:
           g = jax.lax.stop_gradient(g)
         th, v_ = self._step_theta(th, v_, g, count_ref)
-        return th, v_, nbs
+        return th, v_, nbs, loss
       return jax.checkpoint(step) if c.remat else step
 
     wfm_step, ce_step = make_step(wfm_fn), make_step(ce_fn)
+    losses, bn_theta0 = [], None
     for t in range(c.inner_steps):
-      theta, v, bs = wfm_step(theta, v, bs, rngs[t])
-    theta, v, bs = ce_step(theta, v, bs, rngs[c.inner_steps])
+      theta, v, bs, loss = wfm_step(theta, v, bs, rngs[t])
+      losses.append(loss)
+      bn_theta0 = bs if bn_theta0 is None else bn_theta0
+    theta, v, bs, loss = ce_step(theta, v, bs, rngs[c.inner_steps])
+    losses.append(loss)
+    bn_theta0 = bs if bn_theta0 is None else bn_theta0
     meta_loss, _ = ce_fn(theta, bs, rngs[c.inner_steps + 1])
-    return meta_loss
+    losses.append(meta_loss)
+    aux = {"bn_theta0": jax.lax.stop_gradient(bn_theta0),
+           "lookahead": jax.lax.stop_gradient(jnp.stack(losses))}
+    return meta_loss, aux
+
+  def meta_gradient(self, meta_params, theta0, opt0, bs0, ctx, rng, *,
+                    dtype: str | None = None, precision: str | None = None):
+    """(meta loss, meta-gradient, aux) with the look-ahead computed in `dtype` at matmul
+    `precision` (defaults: `config.meta_dtype`, `config.matmul_precision`); every output is
+    cast back to the dtypes of `meta_params` / `bs0`, so the caller's state keeps its dtype."""
+    dtype = dtype or self.config.meta_dtype
+    precision = precision or self.config.matmul_precision
+    out_dtype = jax.tree_util.tree_leaves(meta_params)[0].dtype
+    with precision_scope(dtype, precision):
+      args = (meta_params, theta0, opt0, bs0, ctx)
+      if dtype == "float64":
+        args = cast_floating(args, jnp.float64)
+      (loss, aux), grad = jax.value_and_grad(self.meta_objective_aux, has_aux=True)(*args, rng)
+      grad = jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), grad, meta_params)
+      aux = {"bn_theta0": jax.tree_util.tree_map(lambda a, b: a.astype(b.dtype),
+                                                 aux["bn_theta0"], bs0),
+             "lookahead": aux["lookahead"].astype(out_dtype)}
+      return loss.astype(out_dtype), grad, aux
 
   # ---------------------------------------------------------------- one iteration
   def prepare(self, state: KTState, batch: Mapping[str, jax.Array], key: jax.Array,
@@ -282,12 +371,15 @@ class KnowledgeTransfer:
     mask = jnp.ones(y.shape, x.dtype) if mask is None else mask.astype(x.dtype)
     ctx = {"x": x, "y": y, "mask": mask, "pooled": pooled, "resized": resized, "lr": lr,
            "count_ref": state.opt_state}
+    if self.config.method == "l2t_www" and self.config.which_input == "map":
+      ctx["maps"] = src
     return ctx, k_drop, k_meta
 
   def real_step(self, state: KTState, ctx, rng):
     """Step 1: θ_0, v_0, BN stats after one momentum-SGD step on CE + L_wfm (φ constant)."""
     x, y, mask, lr = ctx["x"], ctx["y"], ctx["mask"], ctx["lr"]
-    meta_out, gammas = self.meta_forward(jax.lax.stop_gradient(state.meta_params), ctx["pooled"], x.shape[0])
+    meta_out, gammas = self.meta_forward(jax.lax.stop_gradient(state.meta_params), ctx["pooled"],
+                                         x.shape[0], ctx.get("maps"))
 
     def total_fn(theta):
       logits, feats, nbs = self.target_forward(theta["target"], state.batch_stats, x, rng, mask)
@@ -309,16 +401,21 @@ class KnowledgeTransfer:
   def iteration(self, state: KTState, batch: Mapping[str, jax.Array], key: jax.Array,
                 source_variables: Any = None):
     """Un-jitted body of `l2t_iteration` (see module docstring)."""
+    with jax.default_matmul_precision(self.config.matmul_precision):
+      return self._iteration(state, batch, key, source_variables)
+
+  def _iteration(self, state, batch, key, source_variables):
     ctx, k_drop, k_meta = self.prepare(state, batch, key, source_variables)
     theta0, v0, bs0, metrics = self.real_step(state, ctx, k_drop)
     meta_params, meta_opt_state = state.meta_params, state.meta_opt_state
     if self.config.method in META_METHODS:
-      meta_loss, meta_grad = jax.value_and_grad(self.meta_objective)(
-          meta_params, theta0, v0, bs0, ctx, k_meta)
+      meta_loss, meta_grad, aux = self.meta_gradient(meta_params, theta0, v0, bs0, ctx, k_meta)
       updates, meta_opt_state = self.meta_tx.update(meta_grad, meta_opt_state, meta_params)
       meta_params = optax.apply_updates(meta_params, updates)
       metrics["meta_loss"] = meta_loss
       metrics["meta_grad_norm"] = optax.tree.norm(meta_grad)
+      if self.config.bn_updates == "reference" and not self.config.bn_frozen:
+        bs0 = aux["bn_theta0"]  # the reference's second update, at θ_0 (module docstring)
     else:
       metrics["meta_loss"] = jnp.zeros((), metrics["ce"].dtype)
       metrics["meta_grad_norm"] = jnp.zeros((), metrics["ce"].dtype)
@@ -338,7 +435,8 @@ class KnowledgeTransfer:
     if not self.pairs:
       return {}
     src = self.source_features(source_variables, images.astype(jnp.float32))
-    out, gammas = self.meta_forward(state.meta_params, matching.pooled_sources(src), images.shape[0])
+    out, gammas = self.meta_forward(state.meta_params, matching.pooled_sources(src),
+                                    images.shape[0], src)
     res = {}
     for p in self.pairs:
       res[p.key] = {"w": out[p.key]["w"], "lam": out[p.key]["lam"]}

@@ -15,7 +15,7 @@ from flax import linen as nn
 import jax
 
 from tl_jax.errors import check_choice
-from tl_jax.models.layers import Conv
+from tl_jax.models.layers import Conv, max_pool
 
 VARIANTS = ("imagenet", "small")
 
@@ -34,11 +34,11 @@ class AlexNet(nn.Module):
     if imagenet:
       convs = [(96, 11, 4, 2, True), (256, 5, 1, 2, True), (384, 3, 1, 1, False),
                (384, 3, 1, 1, False), (256, 3, 1, 1, True)]
-      pool = lambda y: nn.max_pool(y, (3, 3), (2, 2))
+      pool = lambda y: max_pool(y, (3, 3), (2, 2))
     else:
       convs = [(96, 5, 1, "SAME", True), (256, 5, 1, "SAME", True), (384, 3, 1, "SAME", False),
                (384, 3, 1, "SAME", False), (256, 3, 1, "SAME", True)]
-      pool = lambda y: nn.max_pool(y, (2, 2), (2, 2))
+      pool = lambda y: max_pool(y, (2, 2), (2, 2))
     feats = {}
     for i, (width, k, s, pad, has_pool) in enumerate(convs, start=1):
       x = nn.relu(Conv(width, (k, k), (s, s), padding=pad, name=f"conv{i}")(x))

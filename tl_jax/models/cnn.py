@@ -20,7 +20,7 @@ from flax import linen as nn
 import jax
 
 from tl_jax.errors import ConfigError
-from tl_jax.models.layers import batch_norm
+from tl_jax.models.layers import batch_norm, max_pool
 
 KERAS_BN = dict(momentum=0.99, epsilon=1e-3)  # Keras BatchNormalization defaults
 
@@ -50,7 +50,7 @@ class Seed003CNN(nn.Module):
     for b, ch in ((1, self.width), (2, 2 * self.width)):
       x = unit(x, ch, f"conv{b}_1")
       x = unit(x, ch, f"conv{b}_2")
-      x = nn.max_pool(x, (2, 2), (2, 2))
+      x = max_pool(x, (2, 2), (2, 2))
       if self.dropout:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
       feats[f"block{b}"] = x

@@ -22,6 +22,7 @@ the real rows of a padded batch only).
 from __future__ import annotations
 
 import contextlib
+import functools
 import contextvars
 import math
 from typing import Any, Callable, Iterator, Sequence
@@ -31,7 +32,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax.linen.dtypes import promote_dtype
 
-from tl_jax.errors import ConfigError
+from tl_jax.errors import ConfigError, check_choice
 
 Array = jax.Array
 PaddingLike = str | int | Sequence[tuple[int, int]]
@@ -208,11 +209,32 @@ def bn_row_mask(x: Array) -> Array | None:
   return jnp.broadcast_to(rows, x.shape).astype(bool)
 
 
+BN_RUNNING_VAR = ("biased", "unbiased")
+_BN_UNBIASED = contextvars.ContextVar("tl_jax_bn_unbiased", default=False)
+
+
+@contextlib.contextmanager
+def bn_running_var(kind: str = "biased") -> Iterator[None]:
+  """Within this context (at trace time), how every tl_jax BatchNorm in train mode updates its
+  running variance: 'biased' (flax: the batch variance over n values) or 'unbiased' (PyTorch's
+  `nn.BatchNorm2d`: the batch variance times n / (n - 1), n = real rows x H x W). Normalisation
+  itself always uses the biased batch variance, in both libraries; only the stored statistic, and
+  hence eval-mode predictions, differ. Use 'unbiased' for models imported from PyTorch code or
+  compared with it (`model.bn_running_var`)."""
+  check_choice("model.bn_running_var", kind, BN_RUNNING_VAR)
+  token = _BN_UNBIASED.set(kind == "unbiased")
+  try:
+    yield
+  finally:
+    _BN_UNBIASED.reset(token)
+
+
 class BatchNorm(nn.BatchNorm):
-  """`nn.BatchNorm` whose batch statistics skip padded rows inside `batch_norm_mask`.
+  """`nn.BatchNorm` whose batch statistics skip padded rows inside `batch_norm_mask` and whose
+  running variance follows `bn_running_var`.
 
   Only `__call__` differs: without an explicit `mask=` it passes the context's row mask to
-  flax's own masked statistics (`mean(..., where=mask)`); outside the context it is exactly
+  flax's own masked statistics (`mean(..., where=mask)`); outside both contexts it is exactly
   `nn.BatchNorm`. Same fields, variables ('scale', 'bias'; 'mean', 'var') and names, so weight
   files and checkpoints written with `nn.BatchNorm` load unchanged.
   """
@@ -221,7 +243,34 @@ class BatchNorm(nn.BatchNorm):
                mask: Array | None = None) -> Array:
     if mask is None:
       mask = bn_row_mask(x)
-    return super().__call__(x, use_running_average, mask=mask)
+    running = nn.merge_param("use_running_average", self.use_running_average,
+                             use_running_average)
+    old_var = None
+    if (_BN_UNBIASED.get() and not running and not self.is_initializing()
+        and self.has_variable("batch_stats", "var")):
+      old_var = self.get_variable("batch_stats", "var")
+    y = super().__call__(x, use_running_average, mask=mask)
+    if old_var is not None:
+      self.put_variable("batch_stats", "var", self._unbiased_var(x, mask, old_var))
+    return y
+
+  def _unbiased_var(self, x: Array, mask: Array | None, old_var: Array) -> Array:
+    """momentum * old + (1 - momentum) * var_b * n / (n - 1), var_b computed as flax does
+    (E[x^2] - E[x]^2 over the masked rows, at least float32)."""
+    if self.axis not in (-1, x.ndim - 1):
+      raise ConfigError("model.bn_running_var", "unbiased", "BatchNorm over the last axis only")
+    axes = tuple(range(x.ndim - 1))
+    xf = jnp.asarray(x, jnp.promote_types(jnp.float32, x.dtype))
+    if mask is None:
+      n = jnp.asarray(math.prod(x.shape[:-1]), xf.dtype)
+      mean, mean2 = jnp.mean(xf, axes), jnp.mean(jnp.square(xf), axes)
+    else:
+      n = jnp.sum(mask[..., 0].astype(xf.dtype))
+      mean = jnp.mean(xf, axes, where=mask)
+      mean2 = jnp.mean(jnp.square(xf), axes, where=mask)
+    var = jnp.maximum(0.0, mean2 - jnp.square(mean))
+    var = var * n / jnp.maximum(n - 1.0, 1.0)
+    return (self.momentum * old_var + (1.0 - self.momentum) * var).astype(old_var.dtype)
 
 
 def batch_norm(train: bool, name: str, momentum: float = 0.9,
@@ -230,6 +279,52 @@ def batch_norm(train: bool, name: str, momentum: float = 0.9,
   follows `frozen_batch_norm` and `batch_norm_mask`."""
   return BatchNorm(use_running_average=bn_inference(train), momentum=momentum,
                    epsilon=epsilon, name=name)
+
+
+def _window_slices(x: Array, window: Sequence[int], strides: Sequence[int]):
+  (wh, ww), (sh, sw) = window, strides
+  oh, ow = (x.shape[1] - wh) // sh + 1, (x.shape[2] - ww) // sw + 1
+  return [(i, j, (slice(None), slice(i, i + sh * (oh - 1) + 1, sh),
+                  slice(j, j + sw * (ow - 1) + 1, sw), slice(None)))
+          for i in range(wh) for j in range(ww)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_pool_slices(x: Array, window: tuple[int, int], strides: tuple[int, int]) -> Array:
+  out = None
+  for _, _, idx in _window_slices(x, window, strides):
+    out = x[idx] if out is None else jnp.maximum(out, x[idx])
+  return out
+
+
+def _max_pool_fwd(x, window, strides):
+  out = _max_pool_slices(x, window, strides)
+  return out, (x, out)
+
+
+def _max_pool_bwd(window, strides, res, g):
+  # like XLA's select-and-scatter: each window's gradient goes to its first maximum
+  x, out = res
+  dx = jnp.zeros_like(x)
+  taken = jnp.zeros(out.shape, bool)
+  for _, _, idx in _window_slices(x, window, strides):
+    hit = (x[idx] == out) & ~taken
+    taken = taken | hit
+    dx = dx.at[idx].add(jnp.where(hit, g, 0.0))
+  return (dx,)
+
+
+_max_pool_slices.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def max_pool(x: Array, window: Sequence[int], strides: Sequence[int]) -> Array:
+  """`nn.max_pool(x, window, strides)` ('VALID'). float64 inputs take a max over strided slices
+  instead, with the same gradient (each window's to its first maximum): XLA's reduce_window max
+  gradient pads with a float32 value when x64 is enabled inside a jit traced without it (the
+  float64 meta-gradient, `kt.meta_dtype`), which fails to lower."""
+  if x.dtype != jnp.float64:
+    return nn.max_pool(x, tuple(window), tuple(strides))
+  return _max_pool_slices(x, tuple(window), tuple(strides))
 
 
 def cast_floating(tree: Any, dtype: Any) -> Any:

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from tl_jax.errors import check_choice
-from tl_jax.models.layers import Conv, batch_norm, he_fan_out, torch_linear_init
+from tl_jax.models.layers import Conv, batch_norm, he_fan_out, max_pool, torch_linear_init
 
 
 class BasicBlock(nn.Module):
@@ -130,7 +130,7 @@ class ResNet50(nn.Module):
     x = nn.relu(batch_norm(train, "conv1_bn", **KERAS_BN)(x))
     feats["conv1"] = x
     x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # zeros are safe: post-ReLU values >= 0
-    x = nn.max_pool(x, (3, 3), (2, 2))
+    x = max_pool(x, (3, 3), (2, 2))
     for stage, filters, blocks, stride in RESNET50_STAGES:
       for b in range(1, blocks + 1):
         x = self._bottleneck(x, filters, stride if b == 1 else 1, b == 1,

@@ -11,7 +11,7 @@ from flax import linen as nn
 import jax
 import jax.numpy as jnp
 
-from tl_jax.models.layers import Conv, batch_norm, he_fan_out
+from tl_jax.models.layers import Conv, batch_norm, he_fan_out, max_pool
 
 
 class TinyCNN(nn.Module):
@@ -25,7 +25,7 @@ class TinyCNN(nn.Module):
     x = Conv(self.width, (3, 3), padding=1, kernel_init=he_fan_out, name="conv0")(x)
     x = nn.relu(batch_norm(train, "bn0")(x))
     feats["conv0"] = x
-    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = max_pool(x, (2, 2), (2, 2))
     x = Conv(2 * self.width, (3, 3), padding=1, kernel_init=he_fan_out, name="conv1")(x)
     x = nn.relu(batch_norm(train, "bn1")(x))
     feats["conv1"] = x

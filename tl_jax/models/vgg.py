@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from tl_jax.errors import check_choice
-from tl_jax.models.layers import SMALL_MAP_PIXELS, Conv, batch_norm, he_fan_out
+from tl_jax.models.layers import SMALL_MAP_PIXELS, Conv, batch_norm, he_fan_out, max_pool
 
 VGG9_CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
@@ -50,7 +50,7 @@ class VGG9(nn.Module):
     for v in self.cfg:
       if v == "M":
         feats[f"pool{pool_i}"] = x
-        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = max_pool(x, (2, 2), (2, 2))
         pool_i += 1
         continue
       x = Conv(int(v), (3, 3), padding=1, kernel_init=he_fan_out,
@@ -79,7 +79,7 @@ class VGG16(nn.Module):
       for c in range(1, n + 1):
         x = nn.relu(Conv(width, (3, 3), padding="SAME", name=f"block{b}_conv{c}")(x))
       feats[f"block{b}"] = x
-      x = nn.max_pool(x, (2, 2), (2, 2))
+      x = max_pool(x, (2, 2), (2, 2))
     if self.num_classes is None:
       if self.pooling == "avg":
         return jnp.mean(x, axis=(1, 2)), feats

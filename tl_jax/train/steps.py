@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tl_jax.models.layers import batch_norm_mask, frozen_batch_norm
+from tl_jax.models.layers import batch_norm_mask, bn_running_var as bn_var_context, frozen_batch_norm
 
 Batch = dict[str, jax.Array]
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -51,7 +51,8 @@ def make_train_step(model: Any, preprocess_train: Optional[Callable[[jax.Array, 
                     loss_fn: Optional[LossFn] = None,
                     extra_loss: Optional[Callable[[Any, dict[str, Any]], jax.Array]] = None,
                     *, label_smoothing: float = 0.0, bn_frozen: bool = False,
-                    trainable: Any = None, jit: bool = True) -> Callable[..., tuple[Any, dict[str, jax.Array]]]:
+                    trainable: Any = None, bn_running_var: str = "biased",
+                    jit: bool = True) -> Callable[..., tuple[Any, dict[str, jax.Array]]]:
   """Returns `train_step(state, batch, key) -> (state, metrics)`, jitted with the state donated.
 
   - `preprocess_train(key, uint8 images) -> float32 images` runs inside the step (augmentation on
@@ -65,6 +66,8 @@ def make_train_step(model: Any, preprocess_train: Optional[Callable[[jax.Array, 
   - `bn_frozen=True` runs every BatchNorm in inference mode (it uses and keeps its running
     statistics; `tl_jax.models.layers.frozen_batch_norm`) while dropout stays on. Models with
     their own `nn.BatchNorm` layers fall back to `train=False` (dropout off too).
+  - `bn_running_var`: 'biased' (flax) or 'unbiased' (PyTorch) running-variance update
+    (`tl_jax.models.layers.bn_running_var`).
   - `trainable`: a bool tree like the params (False = frozen). Frozen gradients are replaced by
     zeros before anything reads them, so XLA drops the backward pass below the lowest trainable
     layer (a frozen backbone then costs a forward pass, not a full backward).
@@ -87,7 +90,7 @@ def make_train_step(model: Any, preprocess_train: Optional[Callable[[jax.Array, 
     bn_mask = batch.get("mask")
 
     def compute_loss(params):
-      with batch_norm_mask(bn_mask):
+      with batch_norm_mask(bn_mask), bn_var_context(bn_running_var):
         return _compute_loss(params)
 
     def _compute_loss(params):
