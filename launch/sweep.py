@@ -36,6 +36,8 @@ _PRINT = flags.DEFINE_bool("print_commands", False, "Print one command per host 
 _RUN_UNIT = flags.DEFINE_string("run_unit", None, "module:function(config, seeds, workdirs) that "
                                 "runs one unit (default tl_jax.experiment:run_seeds).")
 _DRY = flags.DEFINE_bool("dry_run", False, "List the cells this host would run and exit.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rerun cells holding runs of another config "
+                               "(otherwise an error before any work).")
 _KEEP = flags.DEFINE_bool("keep_going", True, "Log a failing cell and continue (exit 1 at end).")
 
 
@@ -59,14 +61,16 @@ def main(argv):
       return 0
     run_unit = grid.load_run_unit(_RUN_UNIT.value) if not _DRY.value else None
     rep = grid.run_grid(config, _WORKDIR.value, run_unit, _HOST.value, _NUM_HOSTS.value,
-                        keep_going=_KEEP.value, dry_run=_DRY.value)
+                        keep_going=_KEEP.value, dry_run=_DRY.value,
+                        overwrite=_OVERWRITE.value)
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   if _DRY.value:
     for c in rep.pending:
       print(c.workdir)
-  print(f"ran {len(rep.ran)}, skipped {len(rep.skipped)} (done), failed {len(rep.failed)}",
+  print(f"ran {len(rep.ran)}, skipped {len(rep.skipped)} (finished with this config), "
+        f"failed {len(rep.failed)}",
         file=sys.stderr)
   for c, err in rep.failed:
     print(f"FAILED {c.workdir}: {err}", file=sys.stderr)

@@ -8,7 +8,9 @@ method (results/benchmarks/engine/bench_sweep_flops.json, from `python launch/be
 the device's float32 peak and an assumed utilisation (--utilisation); the arithmetic is printed
 and written beside the table, and so is the measured wall time, so the assumption can be
 checked. Matrix multiplications and convolutions run at precision 'highest' (no TF32): the L2T
-meta-gradient is already marginal in float32.
+meta-gradient is already marginal in float32 (the KT iteration also sets it itself,
+`kt.matmul_precision`); the header printed and written beside the table states the precision,
+`kt.meta_dtype` and the BN conventions used.
 
 `--smoke` (CPU, in the test suite): 1 seed, 1 epoch, 1 image per class, so the path cannot rot.
 """
@@ -102,7 +104,11 @@ def main(argv=None) -> int:
   config.sweep.seeds = seeds
   config.sweep.seeds_per_unit = 0
   header = [f"device: {kind} ({jax.device_count()} device(s)); float32 peak used: {peak_name}",
-            "precision: jax_default_matmul_precision='highest' (no TF32)", *lines]
+            "precision: jax_default_matmul_precision='highest' (no TF32) for every step; the "
+            f"KT iteration sets its own: kt.matmul_precision={config.kt.matmul_precision!r}, "
+            f"kt.meta_dtype={config.kt.meta_dtype!r}; BN: kt.bn_updates="
+            f"{config.kt.bn_updates!r}, model.bn_running_var={config.model.bn_running_var!r}",
+            *lines]
   print("\n".join(header), flush=True)
   rep = grid.run_grid(config, args.workdir)
   if rep.failed:

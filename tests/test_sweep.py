@@ -50,6 +50,9 @@ class FakeRunCell:
     for seed, workdir in zip(seeds, workdirs):
       self.calls.append((config.kt.method, config.transfer.strategy, config.kt.beta,
                          config.data.n_per_class, seed, workdir))
+      cfg = ml_collections.ConfigDict(config.to_dict())
+      cfg.seed = seed  # the run's identity, as experiment.run_seeds records it
+      pathlib.Path(workdir, "config.json").write_text(cfg.to_json_best_effort())
       pathlib.Path(workdir, "summary.json").write_text(json.dumps(
           {"method": "x", "n_per_class": config.data.n_per_class, "seed": seed,
            "test_accuracy": 0.5}))
@@ -98,6 +101,7 @@ def test_run_grid_skips_done_cells_and_resumes(tmp_path):
   done = cells[3].workdir
   done.mkdir(parents=True)
   (done / "summary.json").write_text("{}")
+  (done / "config.json").write_text(cells[3].config.to_json_best_effort())  # its identity
   interrupted = cells[5].workdir
   (interrupted / "checkpoints").mkdir(parents=True)  # started, no summary: must rerun
   fake = FakeRunCell()
@@ -152,7 +156,9 @@ def test_launcher_prints_one_command_per_host_and_runs_a_share(tmp_path):
   (tmp_path / "fake_cell.py").write_text(textwrap.dedent("""
     import json, pathlib
     def run(config, seeds, workdirs):
-      for workdir in workdirs:
+      for seed, workdir in zip(seeds, workdirs):
+        config.seed = seed
+        pathlib.Path(workdir, "config.json").write_text(config.to_json_best_effort())
         pathlib.Path(workdir, "summary.json").write_text(json.dumps(
             {"method": config.kt.method, "epochs": config.train.num_epochs}))
   """))

@@ -6,7 +6,8 @@ p-values against the reference method (the table and its provenance header come 
 The methods x seeds are the same grid `launch/sweep.py` expands (tl_jax.sweep.grid, one
 `method_overrides` entry per method): each method's unfinished seeds run as one compiled program
 (`tl_jax.experiment.run_seeds`), one workdir per seed, `workdir/runs/<method>/n<N>/seed<S>`;
-finished runs (summary.json present) are skipped, so an interrupted comparison resumes.
+runs finished with the same config (tl_jax.identity) are skipped, so an interrupted comparison
+resumes; runs of another config are an error unless --overwrite.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import ml_collections
 
-from tl_jax import experiment
+from tl_jax import experiment, identity
 from tl_jax.analysis import report
 from tl_jax.errors import ConfigError
 from tl_jax.sweep import grid
@@ -38,16 +39,19 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
-def _run(cfg, wd: pathlib.Path) -> dict[str, Any]:
+def _run(cfg, wd: pathlib.Path, overwrite: bool = False) -> dict[str, Any]:
   done = wd / experiment.SUMMARY_FILE
-  if done.exists():
-    logging.info("finished earlier, not rerun: %s", wd)
+  if done.exists() and identity.matches(wd, cfg):
+    logging.info("finished earlier with this config, not rerun: %s", wd)
     return jsonl.read_json(done)
-  return experiment.train_and_evaluate(cfg, wd)
+  return experiment.train_and_evaluate(cfg, wd, overwrite)
 
 
-def run_comparison(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
-  """Runs the source (if any) and every method x seed; returns {'table': ..., 'runs': [...]}."""
+def run_comparison(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                   overwrite: bool = False) -> dict:
+  """Runs the source (if any) and every method x seed; returns {'table': ..., 'runs': [...]}.
+  Runs finished with the same config are kept; a workdir holding runs of another config is an
+  error unless `overwrite` (tl_jax.identity)."""
   wd = experiment.check_workdir(workdir)
   t0 = time.time()
   c = config.compare
@@ -57,7 +61,7 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str | os.PathLike
   if c.source:
     source_dir = wd / "source"
     print(f"[tl_jax] training the source network in {source_dir}", flush=True)
-    src = _run(grid.apply_overrides(base, c.source), source_dir)
+    src = _run(grid.apply_overrides(base, c.source), source_dir, overwrite)
     if src.get("role") != "source":  # so no report counts it as a method, wherever it is copied
       src["role"] = "source"
       jsonl.write_json_atomic(source_dir / experiment.SUMMARY_FILE, src)
@@ -82,9 +86,10 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str | os.PathLike
   grid_cfg = ml_collections.ConfigDict(base.to_dict())
   grid_cfg.sweep = sweep
   # the same grid as launch/sweep.py: each method's pending seeds run as one program
-  rep = grid.run_grid(grid_cfg, wd / "runs")
+  rep = grid.run_grid(grid_cfg, wd / "runs", overwrite=overwrite)
   if rep.skipped:
-    print(f"[tl_jax] {len(rep.skipped)} run(s) finished earlier, not rerun", flush=True)
+    print(f"[tl_jax] {len(rep.skipped)} run(s) finished earlier with this same config "
+          "(identical result-determining fields), not rerun", flush=True)
   summaries = []
   for cell in grid.expand_grid(grid_cfg, wd / "runs"):
     s = jsonl.read_json(cell.workdir / experiment.SUMMARY_FILE)

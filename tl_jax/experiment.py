@@ -14,10 +14,13 @@ chosen method does not honour is an error (`check_honoured`), never silently ign
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
 import os
 import pathlib
+import shutil
 import time
 from typing import Any, Sequence
 
@@ -26,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from tl_jax import models
+from tl_jax import identity, models
 from tl_jax.analysis import traces
 from tl_jax.config import base_config
 from tl_jax.data import augment, sampling
@@ -301,12 +304,42 @@ def group_checkpoint_dir(seeds: Sequence[int], workdirs: Sequence[pathlib.Path])
   return workdirs[0].parent / f"checkpoints_seeds-{tag}"
 
 
+def _seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.seed = int(seed)
+  return c
+
+
+IDENTITY_FILE = "identity.json"
+
+
+def _check_checkpoint_identity(ckpt_dir: pathlib.Path, config: ml_collections.ConfigDict,
+                               overwrite: bool) -> None:
+  """A checkpoint folder records the cell hash of the config that wrote it; one of another
+  config is an error (or, with overwrite, removed) rather than restored."""
+  rec = ckpt_dir / IDENTITY_FILE
+  want = identity.cell_hash(config)
+  if ckpt_dir.is_dir() and any(p.name != IDENTITY_FILE for p in ckpt_dir.iterdir()):
+    have = json.loads(rec.read_text()).get("cell_hash") if rec.is_file() else None
+    if have is not None and have != want:
+      if not overwrite:
+        raise ConfigError("workdir", str(ckpt_dir), hint="holds checkpoints of another config "
+                          f"(cell hash {have}, this config {want}); pass --overwrite to "
+                          "replace them, or use a new workdir")
+      shutil.rmtree(ckpt_dir)
+  ckpt_dir.mkdir(parents=True, exist_ok=True)
+  jsonl.write_json_atomic(rec, {"cell_hash": want})
+
+
 def run_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
-              workdirs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
+              workdirs: Sequence[str | os.PathLike], overwrite: bool = False
+              ) -> list[dict[str, Any]]:
   """Trains every seed of `config` in one compiled program; writes and returns the summaries.
 
   `config.seed` is ignored: seed i of `seeds` writes to `workdirs[i]`. Seed s gives the same
-  numbers alone or among others, under vmap or lax.map, on one device or several.
+  numbers alone or among others, under vmap or lax.map, on one device or several. A workdir
+  holding a run of another config is an error naming the differing fields (`overwrite`
+  replaces it); a workdir in use by another process is an error (tl_jax.identity).
   """
   t0 = time.time()
   seeds = [int(s) for s in seeds]
@@ -316,9 +349,17 @@ def run_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
     raise ConfigError("seeds", seeds, hint="duplicates")
   check_honoured(config)
   wds = [check_workdir(w) for w in workdirs]
+  with contextlib.ExitStack() as stack:
+    for wd in wds:
+      stack.enter_context(identity.WorkdirLock(wd))
+    for s, wd in zip(seeds, wds):
+      identity.check_workdir(wd, _seed_config(config, s), overwrite)
+    return _run_seeds(config, seeds, wds, t0, overwrite)
+
+
+def _run_seeds(config, seeds, wds, t0, overwrite) -> list[dict[str, Any]]:
   for s, wd in zip(seeds, wds):
-    c = ml_collections.ConfigDict(config.to_dict())
-    c.seed = s
+    c = _seed_config(config, s)
     jsonl.write_text_atomic(wd / "config.json", c.to_json_best_effort(indent=2, sort_keys=True)
                             + "\n")
   splits = load_splits(config)
@@ -387,6 +428,8 @@ def run_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
       recorders = [_chain(r, p) for r, p in zip(recorders, probes)]
   data = engine.SeedData(images, labels, train_idx, split_idx["val"], num_classes)
   ckpt_dir = group_checkpoint_dir(seeds, wds)
+  if cfg.checkpoint_every > 0:
+    _check_checkpoint_identity(ckpt_dir, config, overwrite)
   logging.info("%s: %d seed(s) %s as one program (%s)", method_name(config), len(seeds), seeds,
                cfg.seed_loop)
   res = engine.fit(segments, data, seeds, variables, cfg, wds, consts=consts,
@@ -412,7 +455,8 @@ def run_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
     res_i = {n: r[i] for n, r in results.items()}
     summary = run_summary(c, res_i, res.histories[i], copied, (time.time() - t0) / len(seeds),
                           splits.class_names, n_train)
-    summary.update({"seeds_in_program": len(seeds), "seed_loop": cfg.seed_loop})
+    summary.update({"seeds_in_program": len(seeds), "seed_loop": cfg.seed_loop,
+                    "config_hash": identity.config_hash(c), "cell_hash": identity.cell_hash(c)})
     jsonl.write_json_atomic(wd / "history.json", res.histories[i])
     jsonl.write_json_atomic(wd / SUMMARY_FILE, summary)
     _figures(wd, res.histories[i], res_i, splits.class_names)
@@ -420,10 +464,13 @@ def run_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
   return out
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                       overwrite: bool = False) -> dict:
   """Runs `config` (its `seed`) in `workdir`; returns (and writes) the summary with test metrics.
-  The run's full config is written first to `workdir/config.json`."""
-  return run_seeds(config, [int(config.seed)], [workdir])[0]
+  The run's full config is written first to `workdir/config.json`. Rerun in a finished workdir
+  of the same config it resumes from the last checkpoint; of another config it is an error
+  unless `overwrite` (tl_jax.identity)."""
+  return run_seeds(config, [int(config.seed)], [workdir], overwrite)[0]
 
 
 def run_summary(config, results, history, copied, wall_s, class_names, train_size

@@ -17,6 +17,8 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml-collections config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics, checkpoints and figures.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace the outputs of a run of another "
+                               "config found in --workdir (otherwise an error).")
 
 EXIT_BAD_INPUT = 2
 
@@ -32,12 +34,12 @@ def setup_jax() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def run(config, workdir: str):
+def run(config, workdir: str, overwrite: bool = False):
   if "compare" in config:
     from tl_jax.compare import run_comparison
-    return run_comparison(config, workdir)
+    return run_comparison(config, workdir, overwrite)
   from tl_jax.experiment import train_and_evaluate
-  return train_and_evaluate(config, workdir)
+  return train_and_evaluate(config, workdir, overwrite)
 
 
 def main(argv):
@@ -50,7 +52,7 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   setup_jax()
   try:
-    run(_CONFIG.value, _WORKDIR.value)
+    run(_CONFIG.value, _WORKDIR.value, _OVERWRITE.value)
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_BAD_INPUT

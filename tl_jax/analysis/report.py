@@ -62,6 +62,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from tl_jax import identity
 from tl_jax.analysis import stats
 from tl_jax.errors import ConfigError, check_choice
 
@@ -155,13 +156,41 @@ def runs_frame(summaries: Sequence[Mapping[str, Any]], where: str = "summaries")
       rows.append(validate_summary(d, d["run_dir"]))
   if not rows:
     raise ConfigError(where, len(summaries), hint="no (non-source) run summary")
-  df = pd.DataFrame(rows)
+  df = _separate_configs(pd.DataFrame(rows))
   key = ["dataset", "experiment", "method", "n_per_class", "seed"]
   dup = df[df.duplicated(key, keep=False)]
   if len(dup):
     raise ConfigError("runs", dup["run_dir"].tolist()[:4], hint="several runs share "
                       "(dataset, experiment, method, n_per_class, seed)")
   return df
+
+
+def _separate_configs(df: pd.DataFrame) -> pd.DataFrame:
+  """Runs of one (dataset, experiment, method, N) whose configs differ in more than the seed
+  (`cell_hash`, tl_jax.identity) are not pooled: the most common config keeps the method name,
+  every other one becomes 'method [cfg <hash>]', with a warning on stderr."""
+  if "cell_hash" not in df.columns:
+    return df
+  df = df.copy()
+  for key, g in df.groupby(["dataset", "experiment", "method", "n_per_class"], sort=True):
+    hashes = g["cell_hash"].fillna("unknown")
+    if hashes.nunique() <= 1:
+      continue
+    keep = hashes.value_counts().index[0]
+    for h in hashes.unique():
+      if h != keep:
+        idx = g.index[hashes == h]
+        df.loc[idx, "method"] = f"{key[2]} [cfg {str(h)[:6]}]"
+    print(f"warning: {key[2]} N={key[3]}: runs of {hashes.nunique()} different configs "
+          f"(not only the seed); listed separately as '{key[2]} [cfg <hash>]'", file=sys.stderr)
+  return df
+
+
+def _cell_hash(d: Mapping[str, Any], run_dir: pathlib.Path) -> str | None:
+  if d.get("cell_hash"):
+    return str(d["cell_hash"])
+  cfg = identity.stored_config(run_dir)
+  return identity.cell_hash(cfg) if cfg is not None else None
 
 
 def load_runs(runs_dir: str | os.PathLike) -> pd.DataFrame:
@@ -177,7 +206,7 @@ def load_runs(runs_dir: str | os.PathLike) -> pd.DataFrame:
     except json.JSONDecodeError as e:
       raise ConfigError("summary.json", str(p), hint=f"not valid JSON ({e})") from e
     if not is_source_run(d, p.parent.relative_to(root)):
-      rows.append({**d, "run_dir": str(p.parent)})
+      rows.append({**d, "run_dir": str(p.parent), "cell_hash": _cell_hash(d, p.parent)})
   if not rows:
     raise ConfigError("--runs", str(root), hint=f"no {SUMMARY_NAME} of a non-source run under it")
   return runs_frame(rows, str(root))

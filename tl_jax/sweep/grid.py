@@ -38,6 +38,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 
+from tl_jax import identity
 from tl_jax.errors import ConfigError
 
 SUMMARY_NAME = "summary.json"
@@ -57,7 +58,13 @@ class Cell:
 
   @property
   def done(self) -> bool:
-    return (self.workdir / SUMMARY_NAME).is_file()
+    """Finished with this cell's config (tl_jax.identity: same result-determining fields)."""
+    return (self.workdir / SUMMARY_NAME).is_file() and identity.matches(self.workdir, self.config)
+
+  @property
+  def stale(self) -> bool:
+    """Holds a summary or checkpoints of another config."""
+    return identity.has_outputs(self.workdir) and not identity.matches(self.workdir, self.config)
 
 
 def _slug(s: str) -> str:
@@ -228,21 +235,36 @@ def units(cells: Sequence[Cell], seeds_per_unit: int = 0) -> list[list[Cell]]:
 
 def run_grid(config: ml_collections.ConfigDict, root: str | os.PathLike,
              run_unit: RunUnit | None = None, host_index: int = 0, num_hosts: int = 1,
-             keep_going: bool = False, dry_run: bool = False) -> GridReport:
+             keep_going: bool = False, dry_run: bool = False,
+             overwrite: bool = False) -> GridReport:
   """Runs this host's unfinished cells, each unit (the pending seeds of one method and N) as one
   program: `run_unit(config, seeds, workdirs)` (default tl_jax.experiment.run_seeds).
 
-  A cell is finished when its workdir holds summary.json. `config.sweep.seeds_per_unit` (0 =
-  all) caps the seeds of a unit, so that on a slow machine each finished unit is kept. With
-  keep_going a failing unit is logged and the sweep goes on (its cells rerun next time).
+  A cell is finished when its workdir holds summary.json written by a config of the same
+  identity (tl_jax.identity.config_hash). Cells holding a summary or checkpoints of another
+  config are an error before any work, naming the fields that differ, unless `overwrite` (then
+  they rerun). `config.sweep.seeds_per_unit` (0 = all) caps the seeds of a unit, so that on a
+  slow machine each finished unit is kept. With keep_going a failing unit is logged and the
+  sweep goes on (its cells rerun next time).
   """
   cells = host_cells(expand_grid(config, root), host_index, num_hosts)
   rep = GridReport()
+  stale = [c for c in cells if c.stale]
+  if stale and not overwrite:
+    c = stale[0]
+    diffs = identity.diff_fields(identity.stored_config(c.workdir) or {}, c.config)
+    raise ConfigError("workdir", str(root), hint=f"{len(stale)} cell(s) hold runs of another "
+                      f"config (e.g. {c.workdir.relative_to(root)}: {'; '.join(diffs[:3])}); "
+                      "pass --overwrite to rerun them, or use a new workdir")
+  if not dry_run:
+    for c in stale:
+      identity.remove_outputs(c.workdir)
   todo = []
   for c in cells:
     (rep.skipped if c.done else todo).append(c)
-  logging.info("sweep: %d cells on host %d/%d, %d done, %d to run", len(cells), host_index,
-               num_hosts, len(rep.skipped), len(todo))
+  logging.info("sweep: %d cells on host %d/%d: %d already finished with this config "
+               "(skipped), %d to run%s", len(cells), host_index, num_hosts, len(rep.skipped),
+               len(todo), f" ({len(stale)} of another config rerun)" if stale else "")
   if dry_run or not todo:
     rep.pending = todo if dry_run else []
     return rep
