@@ -20,9 +20,10 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from tl_jax import cli  # noqa: E402
 from tl_jax.errors import ConfigError  # noqa: E402
 from tl_jax.sweep import grid  # noqa: E402
 
@@ -41,11 +42,14 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rerun cells holding runs of 
 _KEEP = flags.DEFINE_bool("keep_going", True, "Log a failing cell and continue (exit 1 at end).")
 
 
-def main(argv):
+def main(argv, kwargs=()):
   del argv
-  if _WORKDIR.value is None or _CONFIG.value is None:
-    print("error: --config and --workdir are required", file=sys.stderr)
-    return 2
+  if _WORKDIR.value is None:
+    return cli.fail("--workdir: got nothing; allowed: the sweep's root directory")
+  try:
+    cli.apply_kwargs(_CONFIG.value, kwargs)
+  except ConfigError as e:
+    return cli.fail(str(e))
   config = _CONFIG.value
   try:
     if _PRINT.value:
@@ -77,6 +81,19 @@ def main(argv):
   return 1 if rep.failed else 0
 
 
-if __name__ == "__main__":
+def entry() -> int:
+  try:
+    rest, kwargs = cli.parse(sys.argv)
+  except cli.CliError as e:
+    return cli.fail(str(e))
   logging.set_verbosity(logging.INFO)
-  app.run(main)
+  try:
+    return main(rest, kwargs)
+  except KeyboardInterrupt:
+    print("error: interrupted (Ctrl-C); finished cells are kept: rerun the same command to "
+          "continue", file=sys.stderr)
+    return cli.EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+  sys.exit(entry())

@@ -8,7 +8,7 @@ import pathlib
 
 import pytest
 
-from tl_jax import experiment
+from tl_jax import experiment, validate
 from tl_jax.sweep import grid
 
 CONFIGS = [("quickstart", None), ("l2t_thesis", "cifar10"), ("l2t_thesis", "cifar100"),
@@ -49,6 +49,7 @@ def test_every_shipped_config_is_honoured(tmp_path):
     config = mod.get_config(arg) if arg else mod.get_config()
     for label, cfg in _variants(config, tmp_path):
       try:
+        validate.check_config(cfg)
         experiment.check_honoured(cfg)
       except Exception as e:  # noqa: BLE001 - reported with the config and variant
         pytest.fail(f"configs/{name}.py:{arg or ''} [{label}]: {e}")

@@ -20,7 +20,7 @@ from typing import Any
 
 import ml_collections
 
-from tl_jax import experiment, identity
+from tl_jax import experiment, identity, validate
 from tl_jax.analysis import report
 from tl_jax.errors import ConfigError
 from tl_jax.sweep import grid
@@ -57,15 +57,7 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str | os.PathLike
   c = config.compare
   base = ml_collections.ConfigDict(config.to_dict())
   del base["compare"]
-  source_dir = None
-  if c.source:
-    source_dir = wd / "source"
-    print(f"[tl_jax] training the source network in {source_dir}", flush=True)
-    src = _run(grid.apply_overrides(base, c.source), source_dir, overwrite)
-    if src.get("role") != "source":  # so no report counts it as a method, wherever it is copied
-      src["role"] = "source"
-      jsonl.write_json_atomic(source_dir / experiment.SUMMARY_FILE, src)
-    print(f"[tl_jax] source test accuracy {src['test_accuracy']:.4f}", flush=True)
+  source_dir = wd / "source" if c.source else None
   order = tuple(c.get("order") or ()) or tuple(c.methods.keys())
   sweep = ml_collections.ConfigDict({"methods": order, "seeds": tuple(int(x) for x in c.seeds),
                                      "n_per_class": (int(base.data.n_per_class),),
@@ -85,6 +77,19 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str | os.PathLike
     sweep.method_overrides[method] = _nest(over)
   grid_cfg = ml_collections.ConfigDict(base.to_dict())
   grid_cfg.sweep = sweep
+  # every value of the source and of every cell is checked before the source trains
+  src_cfg = grid.apply_overrides(base, c.source) if c.source else None
+  if src_cfg is not None:
+    validate.check_config(src_cfg)
+    experiment.check_honoured(src_cfg)
+  grid.check_cells(grid.expand_grid(grid_cfg, wd / "runs"))
+  if src_cfg is not None:
+    print(f"[tl_jax] training the source network in {source_dir}", flush=True)
+    src = _run(src_cfg, source_dir, overwrite)
+    if src.get("role") != "source":  # so no report counts it as a method, wherever it is copied
+      src["role"] = "source"
+      jsonl.write_json_atomic(source_dir / experiment.SUMMARY_FILE, src)
+    print(f"[tl_jax] source test accuracy {src['test_accuracy']:.4f}", flush=True)
   # the same grid as launch/sweep.py: each method's pending seeds run as one program
   rep = grid.run_grid(grid_cfg, wd / "runs", overwrite=overwrite)
   if rep.skipped:

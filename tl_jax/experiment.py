@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import shutil
 import time
 from typing import Any, Sequence
@@ -29,10 +30,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from tl_jax import identity, models
+from tl_jax import identity, models, validate
 from tl_jax.analysis import traces
 from tl_jax.config import base_config
-from tl_jax.data import augment, sampling
+from tl_jax.data import augment, checks, sampling
 from tl_jax.data.sources import load_dataset
 from tl_jax.data.types import ArrayDataset, DataSplits
 from tl_jax.engine import fit as engine
@@ -174,6 +175,9 @@ def load_splits(config: ml_collections.ConfigDict) -> DataSplits:
     raise ConfigError("data.val_per_class", config.data.val_per_class,
                       hint="a validation split is needed (early stopping / best epoch never use "
                       "test): give data.val or data.val_per_class > 0")
+  names = splits.train.class_names
+  checks.check_splits(splits.train, splits.val, splits.test,
+                      named_classes=names != tuple(str(i) for i in range(len(names))))
   return splits
 
 
@@ -239,7 +243,25 @@ def _stack(trees: Sequence[Any]) -> Any:
 
 # ----------------------------------------------------------------------------- methods
 
+def _check_unfreeze(config, params) -> None:
+  """Every `transfer.unfreeze` regex must match a parameter: one that matches none would make
+  stage 2 of fine-tuning silently train the head only."""
+  if config.transfer.strategy != "fine_tune":
+    return
+  names = [masks.path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  for rx in config.transfer.unfreeze:
+    try:
+      hit = any(re.search(rx, n) for n in names)
+    except re.error as e:
+      raise ConfigError("transfer.unfreeze", rx, hint=f"not a regex: {e}") from None
+    if not hit:
+      raise ConfigError("transfer.unfreeze", rx, "regexes matching parameter names of "
+                        f"{config.model.name}, e.g. {', '.join(names[:3])}",
+                        hint="it matches no parameter")
+
+
 def _supervised_segments(config, model, head_rx, params, spe: int) -> list[engine.Segment]:
+  _check_unfreeze(config, params)
   segs = []
   aug, pre = augment.make_augment(config.input), augment.make_preprocess(config.input)
   for stage in strategies.make_stages(config, head_rx):
@@ -347,6 +369,7 @@ def run_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
     raise ConfigError("seeds", seeds, hint=f"one workdir per seed ({len(workdirs)} given)")
   if len(set(seeds)) != len(seeds):
     raise ConfigError("seeds", seeds, hint="duplicates")
+  validate.check_config(config)
   check_honoured(config)
   wds = [check_workdir(w) for w in workdirs]
   with contextlib.ExitStack() as stack:

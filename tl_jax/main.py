@@ -7,11 +7,12 @@ Thin on purpose: it parses flags and hands the config to the library
 
 from __future__ import annotations
 
+import errno
 import logging as pylogging
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml-collections config file.",
@@ -20,7 +21,6 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics, checkpoi
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace the outputs of a run of another "
                                "config found in --workdir (otherwise an error).")
 
-EXIT_BAD_INPUT = 2
 
 
 def setup_jax() -> None:
@@ -42,29 +42,45 @@ def run(config, workdir: str, overwrite: bool = False):
   return train_and_evaluate(config, workdir, overwrite)
 
 
-def main(argv):
+def main(argv, kwargs=()) -> int:
+  """Runs the parsed command; returns the exit status (0 ok, 2 bad input or environment, 3 a
+  non-finite loss, 130 interrupted)."""
   del argv
+  from tl_jax import cli
   from tl_jax.errors import ConfigError, NonFiniteLossError
   if _WORKDIR.value is None:
-    print("error: --workdir: required (a directory for the run's outputs)", file=sys.stderr)
-    return EXIT_BAD_INPUT
+    return cli.fail("--workdir: got nothing; allowed: a directory for the run's outputs")
   pylogging.getLogger("absl").setLevel(pylogging.INFO)
   logging.set_verbosity(logging.INFO)
-  setup_jax()
   try:
-    run(_CONFIG.value, _WORKDIR.value, _OVERWRITE.value)
+    config = _CONFIG.value
+    cli.apply_kwargs(config, kwargs)
+    setup_jax()
+    run(config, _WORKDIR.value, _OVERWRITE.value)
   except ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return EXIT_BAD_INPUT
+    return cli.fail(str(e))
   except NonFiniteLossError as e:
     print(f"error: training stopped: {e}", file=sys.stderr)
     return 3
+  except KeyboardInterrupt:
+    print(f"error: interrupted (Ctrl-C); {_WORKDIR.value} keeps its last checkpoint: rerun the "
+          "same command to resume", file=sys.stderr)
+    return cli.EXIT_INTERRUPTED
+  except OSError as e:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+      return cli.fail(f"{e.filename or _WORKDIR.value}: got {e.strerror.lower()}; allowed: a "
+                      "writable path with free space")
+    raise
   return 0
 
 
 def entry():
-  flags.mark_flags_as_required(["config"])
-  app.run(lambda argv: sys.exit(main(argv)))
+  from tl_jax import cli
+  try:
+    rest, kwargs = cli.parse(sys.argv)
+  except cli.CliError as e:
+    sys.exit(cli.fail(str(e)))
+  sys.exit(main(rest, kwargs))
 
 
 if __name__ == "__main__":

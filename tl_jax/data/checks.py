@@ -84,3 +84,37 @@ def check_size(size, field: str) -> tuple[int, int]:
   if h <= 0 or w <= 0:
     raise ConfigError(field, size, "positive (height, width)")
   return h, w
+
+
+def check_splits(train: Any, val: Any, test: Any, named_classes: bool = False) -> None:
+  """The splits of one run fit together: non-empty, one image shape (size and channels), at
+  least two classes, and (unless class names were given) every class index between 0 and the
+  largest label has training images - labels {0, 1, 6} are not silently a 7-class problem."""
+  parts = [("data.train", train), ("data.val", val), ("data.test", test)]
+  for field, ds in parts:
+    if ds is not None and len(ds) == 0:
+      raise ConfigError(field, 0, hint="the split holds no images")
+  if train.num_classes < 2:
+    raise ConfigError("data.train", train.class_names, "at least 2 classes",
+                      hint="a classifier needs two or more classes")
+  for field, ds in parts[1:]:
+    if ds is None:
+      continue
+    if ds.image_shape != train.image_shape:
+      (h, w, c), (h2, w2, c2) = train.image_shape, ds.image_shape
+      what = "channels" if (h, w) == (h2, w2) else "image size"
+      fix = "data.channels (1 or 3)" if what == "channels" else "data.size (H, W)"
+      raise ConfigError(field, f"images of shape {ds.image_shape}",
+                        f"the train split's shape {train.image_shape}",
+                        hint=f"{what} differ; set {fix} to convert every split")
+    if ds.num_classes != train.num_classes:
+      raise ConfigError(field, f"{ds.num_classes} classes",
+                        f"the train split's {train.num_classes}")
+  counts = np.bincount(train.labels, minlength=train.num_classes)
+  empty = [i for i, n in enumerate(counts) if n == 0]
+  if empty and not named_classes:
+    present = sorted(set(int(x) for x in np.unique(train.labels)))
+    raise ConfigError("data.train", f"labels {present}",
+                      f"every class 0..{train.num_classes - 1} with training images",
+                      hint=f"classes {empty} have none; relabel to 0..K-1 or give class names "
+                      "(classes.txt beside the data)")

@@ -172,6 +172,12 @@ def expand_grid(config: ml_collections.ConfigDict, root: str | os.PathLike) -> l
   unknown = set(_overrides(config)) - set(methods)
   if unknown:
     raise ConfigError("sweep.method_overrides", sorted(unknown), methods)
+  from tl_jax.transfer.strategies import STRATEGIES
+  known = list(STRATEGIES) + list(KT_METHODS) + sorted(_overrides(config))
+  for m in methods:
+    if m not in known:
+      raise ConfigError("sweep.methods", m, known,
+                        hint="a strategy, a KT method, or a name in sweep.method_overrides")
   root = pathlib.Path(root)
   cells = []
   for m in methods:
@@ -233,6 +239,19 @@ def units(cells: Sequence[Cell], seeds_per_unit: int = 0) -> list[list[Cell]]:
   return out
 
 
+def check_cells(cells: Sequence[Cell]) -> None:
+  """Every cell's config checked (tl_jax.validate, experiment.check_honoured); the first bad
+  value is a ConfigError naming the cell."""
+  from tl_jax import experiment, validate
+  for c in cells:
+    try:
+      validate.check_config(c.config)
+      experiment.check_honoured(c.config)
+    except ConfigError as e:
+      raise ConfigError(e.field, e.value, e.allowed,
+                        hint=f"sweep cell {c.method} n{c.n_per_class} seed{c.seed}") from None
+
+
 def run_grid(config: ml_collections.ConfigDict, root: str | os.PathLike,
              run_unit: RunUnit | None = None, host_index: int = 0, num_hosts: int = 1,
              keep_going: bool = False, dry_run: bool = False,
@@ -248,6 +267,7 @@ def run_grid(config: ml_collections.ConfigDict, root: str | os.PathLike,
   sweep goes on (its cells rerun next time).
   """
   cells = host_cells(expand_grid(config, root), host_index, num_hosts)
+  check_cells(cells)  # the whole grid before its first cell
   rep = GridReport()
   stale = [c for c in cells if c.stale]
   if stale and not overwrite:

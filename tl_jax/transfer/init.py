@@ -76,7 +76,8 @@ def _flat(tree: dict[str, Any]) -> dict[tuple[str, ...], Any]:
 
 def graft(target: dict[str, Any], source: dict[str, Any], skip_prefixes: tuple[str, ...] = (),
           ) -> tuple[dict[str, Any], list[str]]:
-  """Copies source leaves into target where paths and shapes agree.
+  """Copies source leaves into target where paths agree; a path below the head whose shape
+  differs is an error (never left random).
 
   Paths are compared per collection ('params', 'batch_stats'); a target whose tree sits under
   'backbone' (tl_jax.transfer.heads.Classifier) is matched against the source's root.
@@ -91,8 +92,13 @@ def graft(target: dict[str, Any], source: dict[str, Any], skip_prefixes: tuple[s
       name = "/".join(path)
       spath = path[1:] if path[0] == "backbone" and path not in flat_s else path
       src = flat_s.get(spath)
-      if (src is not None and not name.startswith(skip_prefixes) and
-          np.shape(src) == np.shape(leaf)):
+      if src is not None and not name.startswith(skip_prefixes):
+        if np.shape(src) != np.shape(leaf):
+          raise ConfigError("transfer.init_from", f"{col}/{name} of shape {np.shape(src)}",
+                            f"the target's shape {np.shape(leaf)}",
+                            hint="the source and target disagree below the head (e.g. RGB "
+                            "weights into a 1-channel model: set data.channels=3, or another "
+                            "model.kwargs); a layer left random would then be frozen")
         new[path] = jax.numpy.asarray(src, dtype=leaf.dtype)
         copied.append(f"{col}/{name}")
       else:
