@@ -144,3 +144,36 @@ def test_checkpointer_roundtrip_restores_types_and_values(tmp_path):
   _assert_trees_equal(restored, state)
   assert checkpoint.Checkpointer(tmp_path / "empty").restore_latest(
       checkpoint.abstract_like(state)) is None
+
+
+def test_corrupt_newest_checkpoint_resumes_from_the_previous_one(tmp_path, caplog):
+  """A truncated newest checkpoint (kill or full disk during its write) is reported and passed
+  over: the run resumes from the one before and ends bit-identical to an uninterrupted run."""
+  ref = _fit(tmp_path / "ref")
+  with pytest.raises(Crash):
+    _fit(tmp_path / "run", 4)
+  ckpt = tmp_path / "run" / "ckpt"
+  steps_on_disk = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+  assert len(steps_on_disk) >= 2
+  newest = ckpt / str(steps_on_disk[-1])
+  for f in (newest / "state").rglob("*"):
+    if f.is_file():
+      f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 3])  # truncated mid-write
+  with caplog.at_level("WARNING"):
+    got = _fit(tmp_path / "run")
+  assert any("unreadable" in r.getMessage() and str(steps_on_disk[-1]) in r.getMessage()
+             for r in caplog.records)
+  _assert_trees_equal(got.variables, ref.variables)
+  assert _strip(got.histories[0]) == _strip(ref.histories[0])
+
+
+def test_failed_run_leaves_no_partial_checkpoint_folders(tmp_path):
+  """A save that never finished (full disk, kill) leaves orbax's temp folder; a run that fails
+  removes such folders and keeps only complete checkpoints."""
+  partial = tmp_path / "run" / "ckpt" / "3.orbax-checkpoint-tmp-1700000000"
+  partial.mkdir(parents=True)
+  (partial / "junk").write_bytes(b"x" * 10)
+  with pytest.raises(Crash):
+    _fit(tmp_path / "run", 2)
+  left = sorted(p.name for p in (tmp_path / "run" / "ckpt").iterdir())
+  assert not [n for n in left if "tmp" in n] and any(n.isdigit() for n in left)

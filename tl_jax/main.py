@@ -43,33 +43,38 @@ def run(config, workdir: str, overwrite: bool = False):
 
 
 def main(argv, kwargs=()) -> int:
-  """Runs the parsed command; returns the exit status (0 ok, 2 bad input or environment, 3 a
-  non-finite loss, 130 interrupted)."""
   del argv
   from tl_jax import cli
-  from tl_jax.errors import ConfigError, NonFiniteLossError
   if _WORKDIR.value is None:
     return cli.fail("--workdir: got nothing; allowed: a directory for the run's outputs")
   pylogging.getLogger("absl").setLevel(pylogging.INFO)
   logging.set_verbosity(logging.INFO)
+  return execute(_CONFIG.value, _WORKDIR.value, _OVERWRITE.value, kwargs)
+
+
+def execute(config, workdir: str, overwrite: bool = False, kwargs=()) -> int:
+  """Runs `config` in `workdir` as the command line does; returns the exit status (0 ok, 2 bad
+  input or environment, with one `error: <field>: got ...; allowed: ...` line on stderr, 3 a
+  non-finite loss, 130 interrupted)."""
+  from tl_jax import cli
+  from tl_jax.errors import ConfigError, NonFiniteLossError
   try:
-    config = _CONFIG.value
     cli.apply_kwargs(config, kwargs)
     setup_jax()
-    run(config, _WORKDIR.value, _OVERWRITE.value)
+    run(config, workdir, overwrite)
   except ConfigError as e:
     return cli.fail(str(e))
   except NonFiniteLossError as e:
     print(f"error: training stopped: {e}", file=sys.stderr)
     return 3
   except KeyboardInterrupt:
-    print(f"error: interrupted (Ctrl-C); {_WORKDIR.value} keeps its last checkpoint: rerun the "
-          "same command to resume", file=sys.stderr)
+    print(f"error: interrupted (Ctrl-C); {workdir} keeps its last checkpoint: rerun the same "
+          "command to resume", file=sys.stderr)
     return cli.EXIT_INTERRUPTED
   except OSError as e:
     if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
-      return cli.fail(f"{e.filename or _WORKDIR.value}: got {e.strerror.lower()}; allowed: a "
-                      "writable path with free space")
+      return cli.fail(f"{e.filename or workdir}: got {(e.strerror or str(e)).lower()}; "
+                      "allowed: a writable path with free space")
     raise
   return 0
 

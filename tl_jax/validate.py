@@ -105,6 +105,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _check_number(config, "kt.source_num_classes", 1, integer=True)
     check_choice("kt.source_model", config.kt.source_model, models.MODEL_NAMES)
     check_choice("kt.source_kind", config.kt.source_kind, tinit.INIT_KINDS)
+    from tl_jax.kt import bilevel, meta_nets
+    check_choice("kt.bn_updates", config.kt.bn_updates, bilevel.BN_UPDATES)
+    check_choice("kt.meta_dtype", config.kt.meta_dtype, bilevel.META_DTYPES)
+    check_choice("kt.matmul_precision", config.kt.matmul_precision, bilevel.MATMUL_PRECISIONS)
+    check_choice("kt.which_input", config.kt.which_input, meta_nets.WHICH_INPUTS)
+    check_choice("kt.which_init", config.kt.which_init, meta_nets.WHICH_INITS)
   _check_number(config, "kt.precision_probe_every", 0, integer=True)
   env = os.environ.get("TL_JAX_SHARED")
   if env and not (os.path.isdir(os.path.join(env, "data")) or

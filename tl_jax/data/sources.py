@@ -54,7 +54,9 @@ def load_npz(path: Any, field: str = "path", image_key: str = "image",
   arrays = open_npz(p, (image_key, label_key), field)
   images = check_images(arrays[image_key], field)
   labels = check_labels(arrays[label_key], images.shape[0], field)
-  n_classes = int(labels.max()) + 1 if labels.size else 1
+  if not labels.size:
+    raise ConfigError(field, str(path), hint="the npz holds no images")
+  n_classes = int(labels.max()) + 1
   return ArrayDataset(images, labels, read_class_names(p, n_classes, field))
 
 

@@ -20,14 +20,39 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp")
 
 def decode_image(data: bytes, size: tuple[int, int] | None = None, what: str = "image"
                  ) -> np.ndarray:
-  """Decodes image bytes to uint8 HxWx3 RGB (grey JPEGs too), optionally PIL-bilinear resized."""
+  """Decodes image bytes to uint8 HxWx3 RGB, optionally PIL-bilinear resized.
+
+  Every mode ends as 8-bit RGB by what its pixels mean, not by clipping: 16-bit (and 32-bit
+  integer) greyscale is scaled from its full range (0..65535 -> 0..255; clipping would make
+  most of a 16-bit image solid white); palette, CMYK, bilevel and greyscale images are
+  converted by PIL; an alpha channel (RGBA, LA, PA, palette transparency) is composited over
+  black. Floating-point images ('F': no fixed range) are rejected with a clear error.
+  """
   from PIL import Image
   try:
     with Image.open(io.BytesIO(data)) as img:
+      img.load()
+      mode = img.mode
+      if mode == "F":
+        raise ConfigError("image", what, "8- or 16-bit integer images (PNG, JPEG, BMP, PPM)",
+                          hint="a floating-point image has no fixed range to map to 8 bits")
+      if mode.startswith("I"):  # I;16* (16-bit) or I (32-bit int) greyscale
+        a = np.asarray(img).astype(np.float64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+          raise ConfigError("image", what, "8- or 16-bit integer images",
+                            hint=f"pixel values {a.min():.0f}..{a.max():.0f} exceed 16 bits")
+        full = 65535.0 if (mode.startswith("I;16") or (a.size and a.max() > 255)) else 255.0
+        img = Image.fromarray(np.round(a * (255.0 / full)).astype(np.uint8), "L")
+      elif "A" in mode or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(black, rgba)
       img = img.convert("RGB")
       if size is not None and img.size != (size[1], size[0]):
         img = img.resize((size[1], size[0]), Image.BILINEAR)
       return np.asarray(img, np.uint8)
+  except ConfigError:
+    raise
   except Exception as e:
     raise ConfigError("image", what, hint=f"cannot decode ({type(e).__name__}: {e})") from e
 

@@ -34,6 +34,9 @@ import functools
 import math
 import os
 import pathlib
+import signal
+import sys
+import threading
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -440,7 +443,7 @@ def fit(segments: Sequence[Segment], data: SeedData, seeds: Sequence[int], init_
     from tl_jax.train.checkpoint import Checkpointer, abstract_like
     ckpt = Checkpointer(os.path.abspath(os.fspath(checkpoint_dir)),
                         max_to_keep=cfg.keep_checkpoints)
-    meta = ckpt.latest_meta()
+    meta = ckpt.newest_intact_meta()
     if meta is not None:
       if tuple(meta["seeds"]) != seeds:
         raise ConfigError("checkpoint", meta["seeds"], [list(seeds)],
@@ -457,6 +460,7 @@ def fit(segments: Sequence[Segment], data: SeedData, seeds: Sequence[int], init_
   from tqdm.auto import tqdm
   bar = tqdm(total=bar_total, desc=desc or "epochs", disable=not cfg.progress, leave=False)
   bar.update(sum(s.num_epochs for s in segments[:start_seg]) + start_epoch)
+  interrupt = _GracefulInterrupt()
   try:
     for si, seg in enumerate(segments):
       if si < start_seg:
@@ -501,13 +505,15 @@ def fit(segments: Sequence[Segment], data: SeedData, seeds: Sequence[int], init_
         ep += 1
         bar.update(1)
         last = ep >= seg.num_epochs or done.all()
-        if ckpt is not None and (ep % cfg.checkpoint_every == 0 or last):
+        if ckpt is not None and (ep % cfg.checkpoint_every == 0 or last or interrupt.asked):
           ckpt_step = epoch_offset + ep
           # to_jsonable builds new containers: the save is asynchronous and `histories` grows
           # during the next epoch, so the checkpoint must not hold a reference to it
           meta = jsonl.to_jsonable({"seeds": list(seeds), "segment": si, "next_epoch": ep,
                                     "histories": histories, "ckpt_step": ckpt_step})
           ckpt.save(ckpt_step, carry, meta)
+        if interrupt.asked:
+          raise KeyboardInterrupt  # at an epoch boundary, its checkpoint written
       if done.all():
         bar.update(seg.num_epochs - ep)
       use_best = cfg.restore_best and monitor_ok
@@ -531,13 +537,47 @@ def fit(segments: Sequence[Segment], data: SeedData, seeds: Sequence[int], init_
       if si + 1 < len(segments):
         # the next segment's carry is built from fresh learner state on these variables
         variables = jax.device_get(variables)
+  except BaseException:
+    if ckpt is not None:
+      try:
+        ckpt.close()
+      except Exception:  # noqa: BLE001 - the first error is the one to report
+        pass
+      ckpt.remove_partial()
+      ckpt = None
+    raise
   finally:
+    interrupt.restore()
     bar.close()
     if ckpt is not None:
       ckpt.close()
   for i, w in enumerate(workdirs):
     jsonl.write_jsonl_atomic(w / METRICS_FILE, histories[i])
   return FitResult(seeds, variables, histories, time.time() - t0)
+
+
+class _GracefulInterrupt:
+  """Ctrl-C during `fit` stops at the end of the running epoch, after writing its checkpoint,
+  by raising KeyboardInterrupt there (the command line exits 130: rerun to resume). A second
+  Ctrl-C stops at once. Only in the main thread (signal handlers cannot be set elsewhere)."""
+
+  def __init__(self):
+    self.asked = False
+    self._old = None
+    if threading.current_thread() is threading.main_thread():
+      self._old = signal.signal(signal.SIGINT, self._handle)
+
+  def _handle(self, signum, frame):
+    if self.asked:
+      raise KeyboardInterrupt
+    self.asked = True
+    print("\n[tl_jax] Ctrl-C: stopping after this epoch and its checkpoint (Ctrl-C again to "
+          "stop now)", file=sys.stderr, flush=True)
+
+  def restore(self) -> None:
+    if self._old is not None:
+      signal.signal(signal.SIGINT, self._old)
+      self._old = None
 
 
 def _steps_done(carry: Carry, n_train: int, cfg: FitConfig) -> np.ndarray:

@@ -6,6 +6,7 @@ an absolute directory, and `wait_until_finished()`/`close()` before the process 
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Optional
 
@@ -65,6 +66,21 @@ class Checkpointer:
     out = self._mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     return dict(out["meta"])
 
+  def newest_intact_meta(self) -> Optional[dict[str, Any]]:
+    """The metadata of the newest checkpoint whose metadata and state both read back, or None.
+    A truncated or corrupt newer checkpoint (a kill or a full disk during its write) is
+    reported and passed over, so the run resumes from the one before instead of failing."""
+    self._mgr.wait_until_finished()
+    for step in sorted(self._mgr.all_steps(), reverse=True):
+      try:
+        out = self._mgr.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore(), state=ocp.args.StandardRestore()))
+        return dict(out["meta"])
+      except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped, loudly
+        logging.warning("checkpoint %s/%d is unreadable (%s: %s); trying the previous one",
+                        self.directory, step, type(e).__name__, str(e).splitlines()[0][:200])
+    return None
+
   def restore_state(self, step: int, abstract_state: Any) -> Any:
     """The saved state of checkpoint `step` (structure and dtypes from `abstract_state`)."""
     self._mgr.wait_until_finished()
@@ -81,6 +97,18 @@ class Checkpointer:
     if step is None:
       return None
     return self.restore(step, abstract_state, with_best=self.has_best(step))
+
+  def remove_partial(self) -> list[str]:
+    """Deletes the temporary folders of saves that never finished (a full disk, a kill) so a
+    failed run leaves only complete checkpoints; returns what it removed."""
+    import shutil
+    gone = []
+    if os.path.isdir(self.directory):
+      for name in os.listdir(self.directory):
+        if ".orbax-checkpoint-tmp" in name:
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+          gone.append(name)
+    return gone
 
   def wait_until_finished(self) -> None:
     self._mgr.wait_until_finished()
