@@ -10,6 +10,10 @@
 
 The pending seeds of each (method, N) run as one compiled program (`tl_jax.experiment.run_seeds`);
 `--config.sweep.seeds_per_unit=1` makes every seed its own unit (kept as soon as it finishes).
+On a SLURM cluster `--executor=slurm` submits one job per unit through submitit instead
+(`--slurm_partition`, `--slurm_gpus`, `--slurm_time_min`, ...; tl_jax.sweep.submit): jobs that
+are preempted or reach their time limit are requeued and resume from their checkpoints, and
+submitting again submits only the cells not yet finished with this config.
 """
 
 from __future__ import annotations
@@ -39,6 +43,17 @@ _RUN_UNIT = flags.DEFINE_string("run_unit", None, "module:function(config, seeds
 _DRY = flags.DEFINE_bool("dry_run", False, "List the cells this host would run and exit.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rerun cells holding runs of another config "
                                "(otherwise an error before any work).")
+_EXECUTOR = flags.DEFINE_enum("executor", "here", ["here", "slurm", "local", "debug"],
+                              "here: run the units in this process; slurm: one submitit job per "
+                              "unit (sbatch); local: submitit subprocesses (to try the job path).")
+_JOBS_DIR = flags.DEFINE_string("jobs_dir", "", "submitit's logs and pickles (default "
+                                "<workdir>/_jobs).")
+_SLURM_PARTITION = flags.DEFINE_string("slurm_partition", "", "SLURM partition.")
+_SLURM_GPUS = flags.DEFINE_integer("slurm_gpus", 0, "GPUs per job.")
+_SLURM_CPUS = flags.DEFINE_integer("slurm_cpus", 0, "CPUs per job.")
+_SLURM_MEM = flags.DEFINE_integer("slurm_mem_gb", 0, "Memory per job (GB).")
+_SLURM_TIME = flags.DEFINE_integer("slurm_time_min", 240, "Time limit per job (minutes); a job "
+                                   "that reaches it is requeued and resumes from checkpoints.")
 _KEEP = flags.DEFINE_bool("keep_going", True, "Log a failing cell and continue (exit 1 at end).")
 
 
@@ -63,13 +78,29 @@ def main(argv, kwargs=()):
         print(cmd)
       print(f"# {len(cells)} cells over {_NUM_HOSTS.value} host(s)", file=sys.stderr)
       return 0
+    if _EXECUTOR.value != "here" and not _DRY.value:
+      from tl_jax.sweep import submit
+      ex = submit.make_executor(_EXECUTOR.value, _JOBS_DIR.value or
+                                os.path.join(_WORKDIR.value, "_jobs"),
+                                timeout_min=_SLURM_TIME.value,
+                                slurm_partition=_SLURM_PARTITION.value, gpus=_SLURM_GPUS.value,
+                                cpus=_SLURM_CPUS.value, mem_gb=_SLURM_MEM.value)
+      rep, jobs = submit.submit_units(config, _WORKDIR.value, ex, _RUN_UNIT.value, _HOST.value,
+                                      _NUM_HOSTS.value, overwrite=_OVERWRITE.value)
+      for j in jobs:
+        print(f"submitted job {j.job_id}")
+      print(f"submitted {len(jobs)} job(s) for {len(rep.pending)} cell(s); skipped "
+            f"{len(rep.skipped)} (finished with this config)", file=sys.stderr)
+      if _EXECUTOR.value == "local":  # the local executor's jobs die with this process
+        for j in jobs:
+          j.result()
+      return 0
     run_unit = grid.load_run_unit(_RUN_UNIT.value) if not _DRY.value else None
     rep = grid.run_grid(config, _WORKDIR.value, run_unit, _HOST.value, _NUM_HOSTS.value,
                         keep_going=_KEEP.value, dry_run=_DRY.value,
                         overwrite=_OVERWRITE.value)
   except ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return cli.fail(str(e))
   if _DRY.value:
     for c in rep.pending:
       print(c.workdir)

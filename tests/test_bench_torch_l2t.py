@@ -6,7 +6,9 @@ Tiny setting: ResNet-32 twin source of widths (4, 8, 8), VGG-9-layout target wit
 cover the three resize cases (same size, 16->8 down, 8->16 up, 8->2 down), T = 2, non-zero
 initial momentum and perturbed φ (so a transposed kernel or a wrong momentum port shows).
 
-θ's weight decay is 0.05 here (default 1e-4) so that a decay mistake is larger than the
+The twin updates BN running statistics once per iteration (at the real step), so the tl_jax side
+runs with `bn_updates='single'`; the reference's second update at θ_0 (the default) is tested in
+tests/test_kt_fidelity.py. θ's weight decay is 0.05 here (default 1e-4) so that a decay mistake is larger than the
 tolerance (lr·ω·|θ| is then ~1e-3..2e-2 of a step); everything else is KTConfig's defaults.
 
 Tolerances (float32 on both sides, different conv / reduction orders):
@@ -105,6 +107,8 @@ def _capture_meta_grad(kt):
 
 def _run(method, pairs_spec=PAIRS, weight_decay=0.05, **cfg):
   src, tgt, sv, tv, pairs = _models(pairs_spec)
+  # the twin updates BN statistics once per iteration, at the real step
+  cfg = {"bn_updates": "single", **cfg}
   kt = KnowledgeTransfer(src, tgt, pairs, KTConfig(method=method, weight_decay=weight_decay, **cfg), lambda s: jnp.asarray(LR))
   rng = np.random.default_rng(1)
   state = kt.init(jax.random.key(2), tv)

@@ -219,3 +219,27 @@ def test_shared_cats_vs_dogs_and_corrupt_copy(tmp_path):
   bad.write_bytes(src[: len(src) // 2])  # truncated download
   with pytest.raises(ConfigError, match="not a readable"):
     load_dataset({"source": "npz", "path": str(bad)})
+
+
+def test_tfds_images_of_varying_size_are_resized_per_record(tmp_path):
+  """cats_vs_dogs-like records (every image its own size): one error naming data.size without
+  a size; resized one by one with it; data.split / data.splits work from the base config."""
+  pytest.importorskip("tensorflow_datasets")
+  import tensorflow_datasets as tfds
+  from tests.helpers import tiny_config
+  from tl_jax import experiment
+  from tl_jax.sweep import grid
+  with tfds.testing.mock_data(num_examples=12):
+    with pytest.raises(ConfigError, match=r"data.size: got None; allowed: \(H, W\)"):
+      load_dataset({"source": "tfds", "name": "cats_vs_dogs", "split": "train"})
+    ds = load_dataset({"source": "tfds", "name": "cats_vs_dogs", "split": "train",
+                       "size": (16, 12)})
+    assert ds.images.shape == (12, 16, 12, 3) and ds.class_names == ("cat", "dog")
+    cfg = tiny_config({"train": "", "test": ""}, **{
+        "data.source": "tfds", "data.name": "cats_vs_dogs", "data.split": "train",
+        "data.size": (16, 16), "data.val_per_class": 1, "data.test_per_class": 1,
+        "train.num_epochs": 1})
+    splits = experiment.load_splits(cfg)
+    assert splits.train.image_shape == (16, 16, 3) and len(splits.test) == 2
+    grid.set_field(cfg, "data.splits.train", "train[:50%]")  # a new key of the open dict
+    assert cfg.data.splits.train == "train[:50%]"

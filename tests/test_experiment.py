@@ -124,3 +124,27 @@ def test_comparison_runs_methods_and_resumes(data, tmp_path, capsys):
   mtime = (tmp_path / "runs/scratch/n0/seed0/metrics.jsonl").stat().st_mtime
   compare.run_comparison(cfg, tmp_path)  # finished runs are skipped
   assert (tmp_path / "runs/scratch/n0/seed0/metrics.jsonl").stat().st_mtime == mtime
+
+
+@pytest.mark.parametrize("head", ["default", "dense256"])
+def test_feature_extraction_saves_the_whole_model(data, source_dir, tmp_path, head):
+  """The saved variables are the whole model (backbone + trained head): evaluated as any run's
+  model they give the run's own test accuracy, and they serve as `transfer.init_from`."""
+  cfg = tiny_config(data, **{"transfer.strategy": "feature_extraction",
+                             "transfer.init_from": str(source_dir), "model.head": head})
+  s = experiment.train_and_evaluate(cfg, tmp_path / "fe")
+  from tl_jax.data.sources import load_dataset
+  splits = load_dataset(experiment.data_spec(cfg))
+  model, _ = experiment.build_model(cfg, 3)
+  v = tinit.load_variables(tmp_path / "fe")
+  logits, _ = model.apply(v, splits.test.images.astype(np.float32) / 255.0, train=False)
+  acc = float(np.mean(np.argmax(np.asarray(logits), -1) == splits.test.labels))
+  assert acc == pytest.approx(s["test_accuracy"], abs=1e-9)
+  src = _flat(tinit.load_variables(source_dir))
+  np.testing.assert_array_equal(_flat(v)["params/conv0/kernel" if head == "default" else
+                                          "params/backbone/conv0/kernel"],
+                                src["params/conv0/kernel"])
+  nxt = tiny_config(data, **{"transfer.strategy": "full_fine_tune",
+                             "transfer.init_from": str(tmp_path / "fe"), "model.head": head,
+                             "train.num_epochs": 1})
+  assert experiment.train_and_evaluate(nxt, tmp_path / "ft")["num_copied_from_source"] > 0

@@ -127,6 +127,11 @@ def test_panel_and_overlays(tmp_path):
   assert set(heats) == {"small", "quad"} and heats["quad"].shape == (3, 16, 16)
   paths = gc.save_overlays(tmp_path / "ov", x, heats["small"])
   assert len(paths) == 3
+  fig, _ = gc.panel_figure(entries, x, labels=[0, 1, 1], class_names=("tl", "br"))
+  titles = [ax.get_title() for ax in fig.axes]
+  assert titles[0] == "image\ntrue tl" and titles[3].startswith("image\n") is False
+  pred = int(np.argmax(np.asarray(m2.apply(v2, prep(x[:1]))[0]), -1)[0])
+  assert titles[2] == "quad\npred " + ("tl", "br")[pred] + (" \u2713" if pred == 0 else " \u2717")
   ov = gc.overlay(x[0], heats["quad"][0])
   assert ov.shape == (16, 16, 3) and 0 <= ov.min() and ov.max() <= 1
 

@@ -8,6 +8,7 @@ features (without top).
 from __future__ import annotations
 
 import os
+import pathlib
 import sys
 
 import chex
@@ -51,7 +52,8 @@ def _save_both(keras, model, stem):
   with h5py.File(f"{stem}.h5", "w") as f:
     legacy_h5_format.save_weights_to_hdf5_group(f, model)
   model.save_weights(f"{stem}.weights.h5")
-  return f"{stem}.h5", f"{stem}.weights.h5"
+  model.save(f"{stem}.keras")  # the whole-model archive (zip holding model.weights.h5)
+  return f"{stem}.h5", f"{stem}.weights.h5", f"{stem}.keras"
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +95,8 @@ def _forward(name, top):
 
 
 @pytest.mark.parametrize("name", ["resnet50", "vgg16"])
-@pytest.mark.parametrize("layout", [0, 1], ids=["legacy_h5", "keras3_weights_h5"])
+@pytest.mark.parametrize("layout", [0, 1, 2], ids=["legacy_h5", "keras3_weights_h5",
+                                                    "keras3_archive"])
 def test_with_and_without_top_match_keras(keras_ref, name, layout):
   r = keras_ref[name]
   shape = (r["hw"], r["hw"], 3)
@@ -112,11 +115,11 @@ def test_with_and_without_top_match_keras(keras_ref, name, layout):
   assert float(np.std(r["feats"])) > 1e-2
 
 
-def test_both_layouts_read_identically(keras_ref):
+def test_every_layout_reads_identically(keras_ref):
   for name in ("resnet50", "vgg16"):
     a = keras_h5.read_keras_h5(keras_ref[name]["top"][0])
-    b = keras_h5.read_keras_h5(keras_ref[name]["top"][1])
-    chex.assert_trees_all_equal(a, b)
+    for layout in (1, 2):
+      chex.assert_trees_all_equal(a, keras_h5.read_keras_h5(keras_ref[name]["top"][layout]))
   assert set(a["block1_conv1"]) == {"kernel", "bias"}
 
 
@@ -143,4 +146,22 @@ def test_errors(keras_ref, tmp_path):
   bad = tmp_path / "bad.h5"
   bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
   with pytest.raises(ConfigError, match="corrupt"):
+    keras_h5.read_keras_h5(bad)
+
+
+def test_caffe_preprocessing_matches_keras(keras_ref):
+  keras = _keras()
+  from tl_jax.data import augment
+  x = np.random.default_rng(1).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
+  want = keras.applications.resnet50.preprocess_input(x.copy())
+  np.testing.assert_allclose(np.asarray(augment.normalize(x, "caffe")), want, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(augment.normalize(x, "caffe")),
+                             keras.applications.vgg16.preprocess_input(x.copy()), atol=1e-4)
+
+
+def test_truncated_keras_archive_is_one_error(keras_ref, tmp_path):
+  bad = tmp_path / "bad.keras"
+  data = pathlib.Path(keras_ref["vgg16"]["notop"][2]).read_bytes()
+  bad.write_bytes(data[: len(data) // 2])
+  with pytest.raises(ConfigError, match="weights.path"):
     keras_h5.read_keras_h5(bad)

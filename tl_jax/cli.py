@@ -20,7 +20,8 @@ from tl_jax.errors import ConfigError
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
-KWARGS_DICTS = ("model.kwargs", "model.head_kwargs", "kt.source_kwargs", "input.augment_kwargs")
+KWARGS_DICTS = ("model.kwargs", "model.head_kwargs", "kt.source_kwargs", "input.augment_kwargs",
+                "data.splits")
 
 
 class CliError(Exception):

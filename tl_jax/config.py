@@ -29,7 +29,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.test_per_class = 0  # carved from train when the source has no test split
   c.data.split_seed = 0      # fixes the val/test carve across runs (n_per_class uses c.seed)
   c.data.root = ""           # image_folder: one subfolder per class
-  c.data.name = ""           # tfds: dataset name (with data.splits / data.data_dir)
+  c.data.name = ""           # tfds: dataset name (with data.split or data.splits, data.data_dir)
+  c.data.split = ""          # tfds: one split as the train pool (val/test carved), e.g. 'train'
+  c.data.splits = ml_collections.ConfigDict()  # tfds: {'train': 'train[:90%]', 'test': 'test'}
   c.data.data_dir = ""
   c.data.download = False
   c.data.imbalance = ml_collections.FieldReference(None, field_type=tuple)  # (classes, n_minority)

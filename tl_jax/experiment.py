@@ -159,7 +159,7 @@ def fit_config(config: ml_collections.ConfigDict, batch_size: int) -> engine.Fit
 def data_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The loader spec of config.data without its unset (0 / '' / None) fields."""
   d = config.data.to_dict()
-  spec = {k: v for k, v in d.items() if v not in (None, "", 0, ())
+  spec = {k: v for k, v in d.items() if v not in (None, "", 0, (), {})
           and k not in ("n_per_class", "imbalance", "val_per_class", "split_seed")}
   if d["val_per_class"] and not d["val"]:
     spec["val_per_class"] = d["val_per_class"]
@@ -235,6 +235,25 @@ def init_variables(config, model, image_shape, rng, source: dict[str, Any] | Non
   head_prefix = ("head/",) if isinstance(model, heads.Classifier) else (
       type(model).head_name + "/",)
   return tinit.graft(variables, source, skip_prefixes=head_prefix)
+
+
+def whole_model_variables(model: Any, backbone_variables: dict[str, Any],
+                          head_variables: dict[str, Any]) -> dict[str, Any]:
+  """A feature-extraction run's result as the variables of the whole `model` (what
+  `build_model` builds), so evaluation, Grad-CAM and `transfer.init_from` use it like any run:
+  the backbone's variables as extracted, the trained head in the model's head slot (the linear
+  head's one Dense becomes the model's own head layer; a seed-document head is the Classifier's
+  'head')."""
+  params = dict(backbone_variables["params"])
+  head = dict(head_variables["params"])
+  if isinstance(model, heads.Classifier):
+    params["head"] = head
+  else:
+    params[type(model).head_name] = head["out"]
+  out = {"params": params}
+  if backbone_variables.get("batch_stats"):
+    out["batch_stats"] = backbone_variables["batch_stats"]
+  return out
 
 
 def _stack(trees: Sequence[Any]) -> Any:
@@ -471,6 +490,8 @@ def _run_seeds(config, seeds, wds, t0, overwrite) -> list[dict[str, Any]]:
     c = ml_collections.ConfigDict(config.to_dict())
     c.seed = s
     v = jax.tree.map(lambda x, i=i: x[i], final)
+    if strategy == "feature_extraction":  # saved as the whole model: backbone + trained head
+      v = whole_model_variables(model, jax.device_get(per_seed[0][0]), v)  # the extractor
     if not jax.tree.leaves(v.get("batch_stats", {})):
       v.pop("batch_stats", None)
     tinit.save_variables(wd, v, {"model": config.model.to_dict(), "num_classes": num_classes,

@@ -53,7 +53,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   from tl_jax.train import optim
   from tl_jax.transfer import heads, init as tinit, strategies
 
-  check_choice("model.name", config.model.name, models.MODEL_NAMES)
+  check_choice("model.name", config.model.name, models.model_names())
   check_choice("model.head", config.model.head, heads.HEADS)
   check_choice("optimizer.name", config.optimizer.name, optim.OPTIMIZERS)
   check_choice("optimizer.schedule", config.optimizer.schedule, optim.SCHEDULES)
@@ -61,7 +61,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   check_choice("optimizer.decay_type", config.optimizer.decay_type, optim.DECAY_TYPES)
   check_choice("input.augment", config.input.augment, augment.AUGMENTS)
   check_choice("input.normalize", config.input.normalize, augment.NORMALIZE_MODES)
-  check_choice("data.source", config.data.source, sources.SOURCES)
+  check_choice("data.source", config.data.source, sources.source_names())
   check_choice("transfer.strategy", config.transfer.strategy, strategies.STRATEGIES)
   check_choice("transfer.init_kind", config.transfer.init_kind, tinit.INIT_KINDS)
   check_choice("transfer.bn", config.transfer.bn, ("live", "frozen"))
@@ -103,7 +103,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _check_number(config, "kt.meta_lr", 0.0, lo_open=True)
     _check_number(config, "kt.meta_weight_decay", 0.0)
     _check_number(config, "kt.source_num_classes", 1, integer=True)
-    check_choice("kt.source_model", config.kt.source_model, models.MODEL_NAMES)
+    check_choice("kt.source_model", config.kt.source_model, models.model_names())
     check_choice("kt.source_kind", config.kt.source_kind, tinit.INIT_KINDS)
     from tl_jax.kt import bilevel, meta_nets
     check_choice("kt.bn_updates", config.kt.bn_updates, bilevel.BN_UPDATES)

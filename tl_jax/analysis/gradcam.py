@@ -255,8 +255,24 @@ class GradCamEntry:
 
 def gradcam_panel(entries: Sequence[GradCamEntry], images: np.ndarray, path: str | os.PathLike,
                   class_idx: Sequence[int] | None = None, alpha: float = 0.45,
-                  batch_size: int = 16) -> dict[str, np.ndarray]:
-  """A rows=images x cols=(image, model_1, ..., model_k) PNG; returns {name: heatmaps}."""
+                  batch_size: int = 16, labels: Sequence[int] | None = None,
+                  class_names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+  """A rows=images x cols=(image, model_1, ..., model_k) PNG; returns {name: heatmaps}.
+  With `labels` the image column shows each image's true class and every model's title says
+  whether its prediction is right (✓) or wrong (✗)."""
+  import matplotlib.pyplot as plt
+  fig, heats = panel_figure(entries, images, class_idx, alpha, batch_size, labels, class_names)
+  os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return heats
+
+
+def panel_figure(entries: Sequence[GradCamEntry], images: np.ndarray,
+                 class_idx: Sequence[int] | None = None, alpha: float = 0.45,
+                 batch_size: int = 16, labels: Sequence[int] | None = None,
+                 class_names: Sequence[str] | None = None) -> tuple[Any, dict[str, np.ndarray]]:
+  """(matplotlib figure, {name: heatmaps}) of `gradcam_panel`, not saved."""
   import matplotlib
   matplotlib.use("Agg", force=False)
   import matplotlib.pyplot as plt
@@ -273,16 +289,20 @@ def gradcam_panel(entries: Sequence[GradCamEntry], images: np.ndarray, path: str
     img = images[i]
     axes[i, 0].imshow(img[..., 0] if img.shape[-1] == 1 else img,
                       cmap="gray" if img.shape[-1] == 1 else None)
-    axes[i, 0].set_title("image" if i == 0 else "", fontsize=8)
+    names = class_names or (entries[0].class_names if entries else None)
+    true = None if labels is None else int(labels[i])
+    head = "image\n" if i == 0 else ""
+    if true is not None:
+      head += f"true {names[true] if names is not None else true}"[:28]
+    axes[i, 0].set_title(head, fontsize=7)
     for j, e in enumerate(entries):
       axes[i, j + 1].imshow(overlay(images[i], heats[e.name][i], alpha))
       p = int(preds[e.name][i])
       label = e.class_names[p] if e.class_names is not None else str(p)
-      axes[i, j + 1].set_title((f"{e.name}\n" if i == 0 else "") + f"pred {label}"[:28], fontsize=7)
+      mark = "" if true is None else (" \u2713" if p == true else " \u2717")
+      axes[i, j + 1].set_title((f"{e.name}\n" if i == 0 else "") + f"pred {label}"[:26] + mark,
+                               fontsize=7)
   for ax in axes.ravel():
     ax.axis("off")
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return heats
+  return fig, heats

@@ -18,7 +18,10 @@ import numpy as np
 from tl_jax.errors import ConfigError, check_choice
 
 AUGMENTS = ("none", "crop_flip", "flip", "keras_seed000", "rotate")
-NORMALIZE_MODES = ("imagenet", "zero_one", "minus_one_one", "efficientnet", "none")
+NORMALIZE_MODES = ("imagenet", "zero_one", "minus_one_one", "efficientnet", "caffe", "none")
+# Keras `preprocess_input(mode='caffe')` (its ImageNet ResNet50 / VGG16 weights): RGB -> BGR,
+# minus the ImageNet mean per BGR channel, no scaling
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # seed 000's ImageDataGenerator arguments, in this module's names.
@@ -177,6 +180,11 @@ def normalize(x: jax.Array, mode: str) -> jax.Array:
     return x / 127.5 - 1.0
   if mode == "efficientnet":
     return (x - 127.0) / 128.0
+  if mode == "caffe":
+    if x.shape[-1] != 3:
+      raise ConfigError("normalize", mode, NORMALIZE_MODES, hint=f"'caffe' needs 3 channels, "
+                        f"got {x.shape[-1]}")
+    return x[..., ::-1] - jnp.asarray(CAFFE_MEAN_BGR, jnp.float32)
   mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
   std = jnp.asarray(IMAGENET_STD, jnp.float32)
   if x.shape[-1] != 3:

@@ -20,7 +20,7 @@ Paths may be `shared://...` (see tl_jax.paths).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -32,7 +32,27 @@ from tl_jax.data.checks import (check_images, check_labels, check_size, open_npz
 from tl_jax.data.types import ArrayDataset, DataSplits
 from tl_jax.errors import ConfigError
 
-SOURCES = ("npz", "tiny_imagenet", "image_folder", "digits", "tfds")
+SOURCES = ("npz", "tiny_imagenet", "image_folder", "digits", "tfds")  # built in; source_names()
+_USER_SOURCES: dict[str, Callable[[dict[str, Any]], Any]] = {}
+
+
+def register_dataset(name: str, loader: Callable[[dict[str, Any]], Any]) -> None:
+  """Makes `loader` available as `data.source = name`.
+
+  `loader(spec)` gets the run's data fields as a dict (`data.root`, `data.train`, `data.size`,
+  ... as set in the config) and returns an `ArrayDataset` (a train pool: validation / test are
+  then carved with `data.val_per_class` / `data.test_per_class`) or a `DataSplits`. Images are
+  uint8 NHWC, labels int in [0, number of class names). `data.size` / `data.channels` are
+  applied to what it returns, as for the built-in sources.
+  """
+  if name in SOURCES:
+    raise ConfigError("register_dataset.name", name, hint="a built-in source has that name")
+  _USER_SOURCES[name] = loader
+
+
+def source_names() -> tuple[str, ...]:
+  """Every `data.source` a config may use: the built-in ones, then registered ones."""
+  return SOURCES + tuple(_USER_SOURCES)
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -58,6 +78,22 @@ def load_npz(path: Any, field: str = "path", image_key: str = "image",
     raise ConfigError(field, str(path), hint="the npz holds no images")
   n_classes = int(labels.max()) + 1
   return ArrayDataset(images, labels, read_class_names(p, n_classes, field))
+
+
+def _user_source(source: str, spec: Any) -> Any:
+  d = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
+  out = _USER_SOURCES[source](d)
+  if isinstance(out, DataSplits):
+    parts = {k: _postprocess(v, spec) for k, v in (("train", out.train), ("val", out.val),
+                                                   ("test", out.test)) if v is not None}
+    return _carve(DataSplits(**parts), spec)
+  if not isinstance(out, ArrayDataset):
+    raise ConfigError("data.source", source, hint=f"its loader returned {type(out).__name__}, "
+                      "not an ArrayDataset or DataSplits")
+  ds = _postprocess(out, spec)
+  if spec_get(spec, "val_per_class") is not None or spec_get(spec, "test_per_class") is not None:
+    return _carve(DataSplits(ds), spec)
+  return ds
 
 
 # ----------------------------------------------------------------------------- post-processing
@@ -148,8 +184,10 @@ def _split_paths(spec: Any, single_key: str) -> tuple[Any, dict[str, Any]]:
 def load_dataset(spec: Any) -> DataSplits | ArrayDataset:
   """Loads what `spec` describes: an ArrayDataset for one split, else DataSplits."""
   source = spec_get(spec, "source")
+  if source in _USER_SOURCES:
+    return _user_source(source, spec)
   if source not in SOURCES:
-    raise ConfigError("data.source", source, SOURCES)
+    raise ConfigError("data.source", source, source_names())
   if source == "npz":
     single, multi = _split_paths(spec, "path")
     loader = lambda p, f: load_npz(p, f, spec_get(spec, "image_key", "image"),  # noqa: E731
@@ -176,7 +214,8 @@ def load_dataset(spec: Any) -> DataSplits | ArrayDataset:
     single, multi = split, dict(splits or {})
     loader = lambda s, f: sources_extra.load_tfds(  # noqa: E731
         name, s, data_dir=spec_get(spec, "data_dir"), download=bool(spec_get(spec, "download",
-                                                                              False)))
+                                                                              False)),
+        size=spec_get(spec, "size"))
   if single is not None:
     ds = _postprocess(loader(single, "data.path"), spec)
     if spec_get(spec, "val_per_class") is not None or spec_get(spec, "test_per_class") is not None:

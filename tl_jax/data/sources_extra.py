@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from tl_jax.data.sources_images import resize_uint8
 from tl_jax.data.types import ArrayDataset
 from tl_jax.errors import ConfigError
 
@@ -21,9 +22,13 @@ def load_digits() -> ArrayDataset:
   return ArrayDataset(images, d.target.astype(np.int32), tuple(str(i) for i in range(10)))
 
 
-def load_tfds(name: str, split: str, data_dir: Any = None, download: bool = False
-              ) -> ArrayDataset:
-  """All records of `tfds.data_source(name, split)` as arrays (TF-free; array_record/parquet)."""
+def load_tfds(name: str, split: str, data_dir: Any = None, download: bool = False,
+              size: Any = None) -> ArrayDataset:
+  """All records of `tfds.data_source(name, split)` as arrays (TF-free; array_record/parquet).
+
+  Records whose images differ in size (cats_vs_dogs, tf_flowers, ...) are resized one by one
+  to `size` (H, W) with PIL bilinear before stacking; without a `size` that is an error naming
+  `data.size`."""
   import tensorflow_datasets as tfds
   try:
     source = tfds.data_source(name, split=split, data_dir=None if data_dir is None else
@@ -39,7 +44,15 @@ def load_tfds(name: str, split: str, data_dir: Any = None, download: bool = Fals
   first = records[0]
   if "image" not in first or "label" not in first:
     raise ConfigError("data.name", name, hint=f"records lack 'image'/'label': {sorted(first)}")
-  images = np.stack([np.asarray(r["image"]) for r in records])
+  imgs = [np.asarray(r["image"]) for r in records]
+  shapes = sorted({im.shape for im in imgs})
+  if len(shapes) > 1 or (size is not None and shapes[0][:2] != tuple(int(x) for x in size)):
+    if size is None:
+      raise ConfigError("data.size", None, "(H, W) to resize every image to",
+                        hint=f"the records of {name}:{split} differ in size (e.g. {shapes[0]} "
+                        f"and {shapes[-1]})")
+    imgs = [resize_uint8(im, size) for im in imgs]
+  images = np.stack(imgs)
   labels = np.asarray([int(r["label"]) for r in records], np.int32)
   if images.dtype != np.uint8:
     raise ConfigError("data.image.dtype", str(images.dtype), ["uint8"])

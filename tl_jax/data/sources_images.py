@@ -57,6 +57,16 @@ def decode_image(data: bytes, size: tuple[int, int] | None = None, what: str = "
     raise ConfigError("image", what, hint=f"cannot decode ({type(e).__name__}: {e})") from e
 
 
+def resize_uint8(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
+  """One uint8 HxW[xC] image resized to `size` (H, W) with PIL bilinear (antialiased)."""
+  from PIL import Image
+  h, w = (int(x) for x in size)
+  img = np.asarray(image, np.uint8)
+  pil = Image.fromarray(img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img)
+  out = np.asarray(pil.resize((w, h), Image.BILINEAR), np.uint8)
+  return out.reshape(h, w, *img.shape[2:]) if img.ndim == 3 else out
+
+
 def first_per_class(labels: np.ndarray, k: int) -> np.ndarray:
   """Indices of the first `k` rows of each class, in row order (cheap subsets for tests)."""
   out = [np.flatnonzero(labels == c)[:k] for c in np.unique(labels)]

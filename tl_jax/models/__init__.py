@@ -36,7 +36,7 @@ _REGISTRY: dict[str, type[nn.Module]] = {
     "tiny_cnn": TinyCNN,
     "tiny_mlp": TinyMLP,
 }
-MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)  # the built-in models; see model_names()
 # Older names still accepted (configs and run workdirs written before the rename).
 _ALIASES = {"efficientnet_lite0_cut": "efficientnet_lite0"}
 
@@ -56,10 +56,39 @@ _INPUT_SHAPES = {
 _IGNORED_KWARGS = {"lenet5": ("in_channels",)}
 
 
+def register_model(name: str, cls: type[nn.Module], input_shape: tuple[int, int, int],
+                   head_name: str | None = None) -> None:
+  """Makes `cls` available as `model.name = name` (configs, sweeps, weight grafting).
+
+  The tl_jax model contract: a Flax Linen module with a `num_classes: int | None` field (None
+  builds it without its classification layer), `__call__(x, train=False) -> (logits,
+  features)` with `features` a dict of named intermediate maps, and the classification
+  layer's submodule name in `head_name` (class attribute or this argument; default 'head').
+  `input_shape` is the (H, W, C) it expects by default. Registering a built-in name again is
+  an error; a user name may be re-registered (notebooks re-run cells).
+  """
+  if name in MODEL_NAMES:
+    raise ConfigError("register_model.name", name, hint="a built-in model has that name")
+  if "num_classes" not in getattr(cls, "__dataclass_fields__", {}):
+    raise ConfigError("register_model.cls", getattr(cls, "__name__", cls),
+                      hint="needs a `num_classes: int | None` field (the tl_jax model contract)")
+  if head_name is not None:
+    cls.head_name = head_name
+  elif not hasattr(cls, "head_name"):
+    cls.head_name = "head"
+  _REGISTRY[name] = cls
+  _INPUT_SHAPES[name] = tuple(int(x) for x in input_shape)
+
+
+def model_names() -> tuple[str, ...]:
+  """Every model name a config may use: the built-in ones, then registered ones."""
+  return tuple(_REGISTRY)
+
+
 def _check_name(name: str) -> str:
   name = _ALIASES.get(name, name)
   if name not in _REGISTRY:
-    raise ConfigError("model.name", name, MODEL_NAMES)
+    raise ConfigError("model.name", name, model_names())
   return name
 
 

@@ -62,7 +62,8 @@ def make_panel(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, o
       continue
     model, variables, names = load_run(runs[0])
     entries.append(gradcam.GradCamEntry(m, model, variables, feature, pre, names))
-  gradcam.gradcam_panel(entries, images, out)
+  gradcam.gradcam_panel(entries, images, out, labels=test.labels[idx],
+                        class_names=test.class_names)
   return [e.name for e in entries]
 
 

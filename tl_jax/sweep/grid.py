@@ -81,7 +81,8 @@ def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> Non
   node = config
   parts = dotted.split(".")
   for i, p in enumerate(parts):
-    open_dict = i == len(parts) - 1 and i > 0 and parts[i - 1].endswith("kwargs")
+    open_dict = i == len(parts) - 1 and i > 0 and (parts[i - 1].endswith("kwargs") or
+                                                   ".".join(parts[:i]) == "data.splits")
     if not isinstance(node, (ml_collections.ConfigDict, dict)) or (p not in node and
                                                                     not open_dict):
       raise ConfigError(f"sweep override '{dotted}'", value, hint=f"the config has no field "
@@ -252,20 +253,12 @@ def check_cells(cells: Sequence[Cell]) -> None:
                         hint=f"sweep cell {c.method} n{c.n_per_class} seed{c.seed}") from None
 
 
-def run_grid(config: ml_collections.ConfigDict, root: str | os.PathLike,
-             run_unit: RunUnit | None = None, host_index: int = 0, num_hosts: int = 1,
-             keep_going: bool = False, dry_run: bool = False,
-             overwrite: bool = False) -> GridReport:
-  """Runs this host's unfinished cells, each unit (the pending seeds of one method and N) as one
-  program: `run_unit(config, seeds, workdirs)` (default tl_jax.experiment.run_seeds).
-
-  A cell is finished when its workdir holds summary.json written by a config of the same
-  identity (tl_jax.identity.config_hash). Cells holding a summary or checkpoints of another
-  config are an error before any work, naming the fields that differ, unless `overwrite` (then
-  they rerun). `config.sweep.seeds_per_unit` (0 = all) caps the seeds of a unit, so that on a
-  slow machine each finished unit is kept. With keep_going a failing unit is logged and the
-  sweep goes on (its cells rerun next time).
-  """
+def plan_units(config: ml_collections.ConfigDict, root: str | os.PathLike, host_index: int = 0,
+               num_hosts: int = 1, dry_run: bool = False, overwrite: bool = False
+               ) -> tuple[GridReport, list[list[Cell]]]:
+  """(report with the skipped cells, the units to run) of this host's share of the grid, after
+  checking every cell's config and the run identity of what the workdirs already hold (see
+  `run_grid`). Removes the outputs of cells of another config when `overwrite`."""
   cells = host_cells(expand_grid(config, root), host_index, num_hosts)
   check_cells(cells)  # the whole grid before its first cell
   rep = GridReport()
@@ -285,21 +278,44 @@ def run_grid(config: ml_collections.ConfigDict, root: str | os.PathLike,
   logging.info("sweep: %d cells on host %d/%d: %d already finished with this config "
                "(skipped), %d to run%s", len(cells), host_index, num_hosts, len(rep.skipped),
                len(todo), f" ({len(stale)} of another config rerun)" if stale else "")
-  if dry_run or not todo:
-    rep.pending = todo if dry_run else []
+  per_unit = int(config.sweep.get("seeds_per_unit", 0) or 0)
+  return rep, units(todo, per_unit) if todo else []
+
+
+def prepare_unit(unit: Sequence[Cell]) -> None:
+  """Creates the unit's workdirs and records each cell's coordinates and config (cell.json)."""
+  for c in unit:
+    c.workdir.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(c.workdir / "cell.json", {"method": c.method,
+                                                 "n_per_class": c.n_per_class,
+                                                 "seed": c.seed, "config": c.config.to_dict()})
+
+
+def run_grid(config: ml_collections.ConfigDict, root: str | os.PathLike,
+             run_unit: RunUnit | None = None, host_index: int = 0, num_hosts: int = 1,
+             keep_going: bool = False, dry_run: bool = False,
+             overwrite: bool = False) -> GridReport:
+  """Runs this host's unfinished cells, each unit (the pending seeds of one method and N) as one
+  program: `run_unit(config, seeds, workdirs)` (default tl_jax.experiment.run_seeds).
+
+  A cell is finished when its workdir holds summary.json written by a config of the same
+  identity (tl_jax.identity.config_hash). Cells holding a summary or checkpoints of another
+  config are an error before any work, naming the fields that differ, unless `overwrite` (then
+  they rerun). `config.sweep.seeds_per_unit` (0 = all) caps the seeds of a unit, so that on a
+  slow machine each finished unit is kept. With keep_going a failing unit is logged and the
+  sweep goes on (its cells rerun next time). tl_jax.sweep.submit sends the same units to a
+  cluster instead.
+  """
+  rep, plan = plan_units(config, root, host_index, num_hosts, dry_run, overwrite)
+  if dry_run or not plan:
+    rep.pending = [c for unit in plan for c in unit] if dry_run else []
     return rep
   run_unit = run_unit or load_run_unit()
-  per_unit = int(config.sweep.get("seeds_per_unit", 0) or 0)
-  plan = units(todo, per_unit)
   for i, unit in enumerate(plan):
     seeds = [c.seed for c in unit]
     logging.info("sweep: unit %d/%d %s n%d seeds %s", i + 1, len(plan), unit[0].method,
                  unit[0].n_per_class, seeds)
-    for c in unit:
-      c.workdir.mkdir(parents=True, exist_ok=True)
-      _write_json_atomic(c.workdir / "cell.json", {"method": c.method,
-                                                   "n_per_class": c.n_per_class,
-                                                   "seed": c.seed, "config": c.config.to_dict()})
+    prepare_unit(unit)
     try:
       run_unit(unit[0].config, seeds, [str(c.workdir) for c in unit])
     except Exception as e:  # noqa: BLE001 - reported, and re-raised unless keep_going

@@ -8,13 +8,17 @@ Two layouts are read (no Keras needed):
 - Keras 3 `save_weights('x.weights.h5')`: `layers/<class-based key>/vars/{0,1,...}` with the layer
   name in the `vars` group's `name` attribute; variables in creation order (Conv/Dense: kernel,
   bias; BatchNormalization: gamma, beta, moving_mean, moving_variance).
+- Keras 3 whole-model `model.save('x.keras')`: a zip archive whose `model.weights.h5` has the
+  Keras 3 layout above (read from memory; config.json is not needed).
 Keras kernels are already HWIO / [in, out]; BN gamma/beta -> params scale/bias, moving_mean /
 moving_variance -> batch_stats mean/var. tl_jax's `resnet50`/`vgg16` use the Keras layer names.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -74,8 +78,18 @@ def read_keras_h5(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
   """{layer_name: {'kernel'|'bias'|'gamma'|...: array}} from either Keras weight layout."""
   import h5py
   p = resolve_existing(path)
+  source: Any = p
+  if zipfile.is_zipfile(p):  # a `.keras` archive: its weights are model.weights.h5
+    try:
+      with zipfile.ZipFile(p) as z:
+        source = io.BytesIO(z.read("model.weights.h5"))
+    except KeyError:
+      raise ConfigError("weights.path", str(p), hint="a zip without model.weights.h5: not a "
+                        "Keras 3 .keras archive") from None
+    except zipfile.BadZipFile as e:
+      raise ConfigError("weights.path", str(p), hint=f"corrupt .keras archive: {e}") from e
   try:
-    with h5py.File(p, "r") as f:
+    with h5py.File(source, "r") as f:
       g = f["model_weights"] if "model_weights" in f else f
       if "layer_names" in g.attrs:
         return _read_legacy(g)
