@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -243,3 +245,35 @@ def test_tfds_images_of_varying_size_are_resized_per_record(tmp_path):
     assert splits.train.image_shape == (16, 16, 3) and len(splits.test) == 2
     grid.set_field(cfg, "data.splits.train", "train[:50%]")  # a new key of the open dict
     assert cfg.data.splits.train == "train[:50%]"
+
+
+def test_tfds_dataset_prepared_offline_from_an_image_folder_trains(tmp_path):
+  """The guide's path, end to end and TF-free: an image folder of variable-size (and mixed
+  mode) images -> an array_record TFDS dataset -> a tl_jax run reading it by name."""
+  pytest.importorskip("tensorflow_datasets")
+  from PIL import Image
+  from tests.helpers import tiny_config
+  from tl_jax import experiment
+  from tl_jax.data import tfds_prepare
+  rng = np.random.default_rng(0)
+  for c in ("cat", "dog"):
+    (tmp_path / "imgs" / c).mkdir(parents=True)
+    for i in range(10):
+      h, w = int(rng.integers(10, 30)), int(rng.integers(10, 30))
+      a = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
+      img = Image.fromarray(a if i % 3 else a[..., 0])  # some greyscale
+      img.save(tmp_path / "imgs" / c / f"{i}.png")
+  out = tfds_prepare.prepare(tmp_path / "imgs", "tl_jax_test_pets", tmp_path / "tfds",
+                             test_fraction=0.2)
+  assert list(out.glob("*.array_record*"))
+  cfg = tiny_config({"train": "", "test": ""}, **{
+      "data.source": "tfds", "data.name": "tl_jax_test_pets", "data.data_dir": str(tmp_path / "tfds"),
+      "data.split": "", "data.size": (12, 12), "data.val_per_class": 2, "train.num_epochs": 1,
+      "model.name": "tiny_cnn"})
+  cfg.data.splits = {"train": "train", "test": "test"}
+  s = experiment.train_and_evaluate(cfg, tmp_path / "run")
+  assert s["train_size"] == 12 and s["num_classes"] == 2  # 16 train - 2x2 val; 4 test
+  assert sum(s["test_confusion_matrix"][0]) + sum(s["test_confusion_matrix"][1]) == 4
+  assert "tensorflow" not in sys.modules
+  assert tfds_prepare.main(["--image_folder", str(tmp_path / "nope"), "--name", "x",
+                            "--data_dir", str(tmp_path)]) == 2
