@@ -140,6 +140,10 @@ def test_feature_extraction_saves_the_whole_model(data, source_dir, tmp_path, he
   logits, _ = model.apply(v, splits.test.images.astype(np.float32) / 255.0, train=False)
   acc = float(np.mean(np.argmax(np.asarray(logits), -1) == splits.test.labels))
   assert acc == pytest.approx(s["test_accuracy"], abs=1e-9)
+  from tl_jax.analysis import gradcam
+  heat = gradcam.gradcam(model, v, splits.test.images[:2], "conv1",
+                         preprocess=lambda b: b.astype(np.float32) / 255.0)
+  assert heat.shape[0] == 2 and np.isfinite(heat).all()  # Grad-CAM works on an FE run
   src = _flat(tinit.load_variables(source_dir))
   np.testing.assert_array_equal(_flat(v)["params/conv0/kernel" if head == "default" else
                                           "params/backbone/conv0/kernel"],
