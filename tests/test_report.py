@@ -259,7 +259,7 @@ def test_summary_table_matches_scipy_with_per_method_references():
                                methods=list(vals))
   assert list(table.index) == list(vals) and table.index.name == "method"
   assert list(table.columns) == ["seeds", "test accuracy (%)", "test macro-F1 (%)",
-                                 "Mann-Whitney p (vs)"]
+                                 "Mann-Whitney p (vs)", "suspect runs"]
   for m, v in vals.items():
     assert table.loc[m, "seeds"] == 5
     assert table.loc[m, "test accuracy (%)"] == f"{100 * v.mean():.2f} ± {100 * v.std(ddof=1):.2f}"
@@ -271,7 +271,7 @@ def test_summary_table_matches_scipy_with_per_method_references():
     assert table.loc[m, "Mann-Whitney p (vs)"] == f"{p:.3f} ({ref})"
   md = report.to_markdown(table)
   assert md.splitlines()[0] == ("| method | seeds | test accuracy (%) | test macro-F1 (%) | "
-                                "Mann-Whitney p (vs) |")
+                                "Mann-Whitney p (vs) | suspect runs |")
   assert f"| frozen | 5 | {table.loc['frozen', 'test accuracy (%)']} |" in md
 
   # several N: one row per (method, N), tested against the reference at the same N

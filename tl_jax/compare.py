@@ -21,7 +21,7 @@ from typing import Any
 import ml_collections
 
 from tl_jax import experiment, identity, validate
-from tl_jax.analysis import report
+from tl_jax.analysis import report, suspect
 from tl_jax.errors import ConfigError
 from tl_jax.sweep import grid
 from tl_jax.train import jsonl
@@ -102,11 +102,16 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str | os.PathLike
     jsonl.write_json_atomic(cell.workdir / experiment.SUMMARY_FILE, s)
     print(f"[tl_jax] {cell.method:>20s} seed {cell.seed}: test accuracy "
           f"{s['test_accuracy']:.4f}", flush=True)
-    summaries.append(s)
+    summaries.append({**s, "run_dir": str(cell.workdir)})
   refs = c.get("references")
+  frame = report.runs_frame(summaries)
   table = report.to_markdown(report.summary_table(
-      summaries, reference=c.reference or order[0], references=refs.to_dict() if refs else None,
+      frame, reference=c.reference or order[0], references=refs.to_dict() if refs else None,
       methods=order))
+  flagged = suspect.lines(frame)
+  if flagged:
+    table += "\nSuspect runs (counted above, to be read with care):\n\n" + "".join(
+        f"- {x}\n" for x in flagged)
   header = report.provenance(config.name, config.compare.seeds, time.time() - t0)
   jsonl.write_text_atomic(wd / "results.md", header + table)
   print(table, end="", flush=True)

@@ -63,7 +63,7 @@ import numpy as np
 import pandas as pd
 
 from tl_jax import identity
-from tl_jax.analysis import stats
+from tl_jax.analysis import stats, suspect
 from tl_jax.errors import ConfigError, check_choice
 
 SUMMARY_NAME = "summary.json"
@@ -153,6 +153,9 @@ def runs_frame(summaries: Sequence[Mapping[str, Any]], where: str = "summaries")
   for i, d in enumerate(summaries):
     if not is_source_run(d):
       d = {**d, "run_dir": d.get("run_dir", f"{where}[{i}]")}
+      if "suspect" not in d:  # flagged from the run's own history (tl_jax.analysis.suspect)
+        rd = pathlib.Path(str(d["run_dir"]))
+        d["suspect"] = suspect.reasons(d, suspect.read_history(rd) if rd.is_dir() else [])
       rows.append(validate_summary(d, d["run_dir"]))
   if not rows:
     raise ConfigError(where, len(summaries), hint="no (non-source) run summary")
@@ -355,10 +358,14 @@ def summary_table(runs: pd.DataFrame | Sequence[Mapping[str, Any]], reference: s
       ref = references.get(m, reference)
       r = None if ref == m else _test(vals[metrics[0]].get((m, n)),
                                       vals[metrics[0]].get((ref, n)), alternative)
+      sel = runs[(runs["method"] == m) & (runs["n_per_class"] == n)]
+      flagged = int(sum(bool(x) for x in sel["suspect"])) if "suspect" in sel.columns else 0
       rows.append([seeds] + [_cell(vals[k].get((m, n)), decimals, decimal_sep) for k in metrics]
-                  + [f"{stats.format_p(r.pvalue)} ({ref})" if r else "—"])
+                  + [f"{stats.format_p(r.pvalue)} ({ref})" if r else "—",
+                     f"{flagged} {suspect.MARK}" if flagged else ""])
       index.append((m, n) if len(ns) > 1 else m)
-  cols = ["seeds"] + [f"{metric_label(k)} (%)" for k in metrics] + ["Mann-Whitney p (vs)"]
+  cols = (["seeds"] + [f"{metric_label(k)} (%)" for k in metrics] + ["Mann-Whitney p (vs)"]
+          + ["suspect runs"])
   idx = (pd.MultiIndex.from_tuples(index, names=["method", "N per class"]) if len(ns) > 1
          else pd.Index(index, name="method"))
   return pd.DataFrame(rows, index=idx, columns=cols)
@@ -520,6 +527,10 @@ def build_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike,
       p2 = plots.plot_box_strip(g100[g100[metric].notna()], fig_dir / f"box_{slug}.png", metric,
                                 ms, title=f"{ds} {exp}: every seed", ylabel=f"{metric} (%)")
       md += [f"![{metric} vs N]({p1.relative_to(out)})", f"![seeds]({p2.relative_to(out)})", ""]
+    flagged = suspect.lines(g)
+    if flagged:
+      md += ["Suspect runs (counted in the table, to be read with care):", ""]
+      md += [f"- {x}" for x in flagged] + [""]
     if "confusion_matrix" in g.columns:
       nmax = g["n_per_class"].max()
       for m, gm in g[(g["n_per_class"] == nmax) & g["confusion_matrix"].notna()].groupby("method"):

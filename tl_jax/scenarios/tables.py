@@ -16,7 +16,7 @@ import pathlib
 import shutil
 from typing import Any
 
-from tl_jax.analysis import report
+from tl_jax.analysis import report, suspect
 
 FIGURES = ("confusion_matrix.png", "curves.png")
 
@@ -51,6 +51,11 @@ def write(workdir: str | pathlib.Path, out: str | pathlib.Path | None = None,
              if not report.is_source_run(s, run_dir.relative_to(wd))]
   parts = ["## Test split, all runs", "",
            report.to_markdown(report.split_comparison_table(methods))]
+  flagged = [f"- {suspect.MARK} {label}: " + "; ".join(why) for label, run_dir, s in runs
+             if not report.is_source_run(s, run_dir.relative_to(wd))
+             for why in [suspect.reasons(s, suspect.read_history(run_dir))] if why]
+  if flagged:
+    parts += ["", "Suspect runs (to be read with care):", ""] + flagged
   for label, run_dir, s in runs:
     parts += [f"## {label}", "", f"strategy `{s.get('strategy')}`, model `{s.get('model')}`, "
               f"train size {s.get('train_size')}, epochs run {s.get('epochs_run')}, best epoch "
