@@ -47,9 +47,13 @@ def main(argv, kwargs=()) -> int:
   from tl_jax import cli
   if _WORKDIR.value is None:
     return cli.fail("--workdir: got nothing; allowed: a directory for the run's outputs")
-  pylogging.getLogger("absl").setLevel(pylogging.INFO)
-  logging.set_verbosity(logging.INFO)
-  return execute(_CONFIG.value, _WORKDIR.value, _OVERWRITE.value, kwargs)
+  # absl INFO lines only when asked for (--verbosity=0 or higher); warnings and errors always
+  level = pylogging.INFO if flags.FLAGS["verbosity"].present else pylogging.WARNING
+  pylogging.getLogger("absl").setLevel(level)
+  logging.set_verbosity(logging.INFO if level == pylogging.INFO else logging.WARNING)
+  from tqdm.contrib.logging import logging_redirect_tqdm
+  with logging_redirect_tqdm():  # log lines above the progress bar, not through it
+    return execute(_CONFIG.value, _WORKDIR.value, _OVERWRITE.value, kwargs)
 
 
 def execute(config, workdir: str, overwrite: bool = False, kwargs=()) -> int:

@@ -458,7 +458,9 @@ def fit(segments: Sequence[Segment], data: SeedData, seeds: Sequence[int], init_
   step0 = jnp.zeros((k,), jnp.int32)
   bar_total = sum(s.num_epochs for s in segments)
   from tqdm.auto import tqdm
-  bar = tqdm(total=bar_total, desc=desc or "epochs", disable=not cfg.progress, leave=False)
+  # no bar when stderr is not a terminal (CI, log files): it would only add carriage returns
+  bar = tqdm(total=bar_total, desc=desc or "epochs", leave=False,
+             disable=not cfg.progress or not sys.stderr.isatty())
   bar.update(sum(s.num_epochs for s in segments[:start_seg]) + start_epoch)
   interrupt = _GracefulInterrupt()
   try:
