@@ -74,7 +74,7 @@ EOF
     done
   fi
 done
-python -m tl_jax.analysis.report --runs "$WD" --out "$OUT" --compare l2t_www,l2t_ww
+python -m tl_jax.analysis.report --runs "$WD" --out "$OUT/report" --compare l2t_www,l2t_ww
 if [ -f "$WD/l2t_ww/n10/seed0/meta_precision.jsonl" ]; then
   python -m tl_jax.analysis.meta_precision --runs "$WD/l2t_ww/n10/seed0" \
       --out "$OUT/figures/meta_precision_l2t_ww_seed0.png" \
