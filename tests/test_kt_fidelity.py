@@ -15,7 +15,8 @@ import jax.numpy as jnp
 
 from tests.helpers import tiny_config, write_tiny_npz
 from tests.test_kt_bilevel import (_add, _lookahead_inputs, _random_like, _setup,
-                                   _with_random_momentum)
+                                   _with_random_momentum, assert_meta_gradient_matches_fd)
+from tests.test_kt_experiment import _kt_config as _kt_experiment_config
 from tl_jax import experiment
 from tl_jax.errors import ConfigError
 from tl_jax.kt import KTConfig, all_to_all, count_meta_params, init_meta_params, pairs_for_models
@@ -96,14 +97,7 @@ def test_which_variants_meta_gradient_matches_finite_differences_float64(which_i
     state = _with_random_momentum(state, 1, 0.05)
     phi = _add(state.meta_params, _random_like(state.meta_params, 4, 0.2))
     args = _lookahead_inputs(kt, state, batch, key, sv)
-    vg = jax.jit(jax.value_and_grad(kt.meta_objective))
-    _, g = vg(phi, *args)
-    eps = 1e-5
-    for i in range(3):
-      u = _random_like(phi, 10 + i, 1.0)
-      fd = float((vg(_add(phi, u, eps), *args)[0] - vg(_add(phi, u, -eps), *args)[0]) / (2 * eps))
-      an = float(sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(u))))
-      assert abs(fd - an) <= 1e-5 * max(abs(an), 1e-12), (i, fd, an)
+    g = assert_meta_gradient_matches_fd(kt, phi, args)
     which = [v for k, v in g.items() if k.startswith("which_")]
     assert float(optax.tree.norm(which)) > 0
 
@@ -184,10 +178,8 @@ def kt_setup(tmp_path_factory):
 
 
 def _kt_config(data, src, **kw):
-  return tiny_config(data, **{"kt.method": "l2t_ww", "kt.source_model": "tiny_cnn",
-                              "kt.source_num_classes": 3, "kt.source_kind": "tl_jax",
-                              "kt.source_weights": str(src), "kt.pairs": "0-0,1-1",
-                              "train.num_epochs": 2, **kw})
+  return _kt_experiment_config(data, src, kw.pop("kt.method", "l2t_ww"),
+                               **{"train.num_epochs": 2, **kw})
 
 
 def test_precision_probe_records_and_changes_nothing(kt_setup, tmp_path):
