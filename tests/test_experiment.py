@@ -46,18 +46,24 @@ def test_scratch_run_writes_summary_metrics_and_figures(data, source_dir):
 
 
 def test_frozen_backbone_keeps_source_weights_bit_identical(data, source_dir, tmp_path):
+  """The default transfer.bn ('frozen_layers'): params AND BatchNorm statistics of the frozen
+  part stay bit-identical; with 'live' the frozen layers' statistics move."""
   cfg = tiny_config(data, **{"transfer.strategy": "frozen_backbone",
-                             "transfer.init_from": str(source_dir), "train.num_epochs": 2,
-                             "transfer.bn": "frozen"})
-  experiment.train_and_evaluate(cfg, tmp_path)
+                             "transfer.init_from": str(source_dir), "train.num_epochs": 2})
+  experiment.train_and_evaluate(cfg, tmp_path / "default")
   src = _flat(tinit.load_variables(source_dir))
-  out = _flat(tinit.load_variables(tmp_path))
+  out = _flat(tinit.load_variables(tmp_path / "default"))
   backbone = [k for k in src if not k.startswith("params/head")]
-  assert backbone
+  assert any(k.startswith("batch_stats/") for k in backbone)
   for k in backbone:
     np.testing.assert_array_equal(out[k], src[k], err_msg=k)
   # ... while the head moved.
   assert not np.array_equal(out["params/head/kernel"], src["params/head/kernel"])
+  cfg.transfer.bn = "live"
+  experiment.train_and_evaluate(cfg, tmp_path / "live")
+  live = _flat(tinit.load_variables(tmp_path / "live"))
+  np.testing.assert_array_equal(live["params/conv0/kernel"], src["params/conv0/kernel"])
+  assert not np.array_equal(live["batch_stats/bn0/mean"], src["batch_stats/bn0/mean"])
 
 
 def test_fine_tune_two_stages_and_full_fine_tune_move_backbone(data, source_dir, tmp_path):
@@ -70,6 +76,14 @@ def test_fine_tune_two_stages_and_full_fine_tune_move_backbone(data, source_dir,
   out = _flat(tinit.load_variables(tmp_path))
   np.testing.assert_array_equal(out["params/conv0/kernel"], src["params/conv0/kernel"])
   assert not np.array_equal(out["params/conv1/kernel"], src["params/conv1/kernel"])
+  # bn0 and bn1 are frozen in both stages (the regex unfreezes conv1 only): statistics kept
+  for k in ("batch_stats/bn0/mean", "batch_stats/bn1/var"):
+    np.testing.assert_array_equal(out[k], src[k], err_msg=k)
+  cfg.transfer.unfreeze = ("conv1", "bn1")  # bn1 trains in stage 2: its statistics move
+  experiment.train_and_evaluate(cfg, tmp_path / "bn1")
+  bn1 = _flat(tinit.load_variables(tmp_path / "bn1"))
+  np.testing.assert_array_equal(bn1["batch_stats/bn0/mean"], src["batch_stats/bn0/mean"])
+  assert not np.array_equal(bn1["batch_stats/bn1/mean"], src["batch_stats/bn1/mean"])
 
 
 def test_feature_extraction_equals_frozen_backbone_features(data, source_dir, tmp_path):

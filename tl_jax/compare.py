@@ -57,7 +57,7 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str | os.PathLike
   c = config.compare
   base = ml_collections.ConfigDict(config.to_dict())
   del base["compare"]
-  source_dir = wd / "source" if c.source else None
+  source_dir = wd / "source" if c.get("source") else None
   order = tuple(c.get("order") or ()) or tuple(c.methods.keys())
   sweep = ml_collections.ConfigDict({"methods": order, "seeds": tuple(int(x) for x in c.seeds),
                                      "n_per_class": (int(base.data.n_per_class),),
@@ -78,7 +78,7 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str | os.PathLike
   grid_cfg = ml_collections.ConfigDict(base.to_dict())
   grid_cfg.sweep = sweep
   # every value of the source and of every cell is checked before the source trains
-  src_cfg = grid.apply_overrides(base, c.source) if c.source else None
+  src_cfg = grid.apply_overrides(base, c.source) if c.get("source") else None
   if src_cfg is not None:
     validate.check_config(src_cfg)
     experiment.check_honoured(src_cfg)
@@ -91,28 +91,45 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str | os.PathLike
       jsonl.write_json_atomic(source_dir / experiment.SUMMARY_FILE, src)
     print(f"[tl_jax] source test accuracy {src['test_accuracy']:.4f}", flush=True)
   # the same grid as launch/sweep.py: each method's pending seeds run as one program
-  rep = grid.run_grid(grid_cfg, wd / "runs", overwrite=overwrite)
-  if rep.skipped:
-    print(f"[tl_jax] {len(rep.skipped)} run(s) finished earlier with this same config "
-          "(identical result-determining fields), not rerun", flush=True)
+  grid.run_grid(grid_cfg, wd / "runs", overwrite=overwrite)  # one line per finished run
   summaries = []
   for cell in grid.expand_grid(grid_cfg, wd / "runs"):
     s = jsonl.read_json(cell.workdir / experiment.SUMMARY_FILE)
     s["method"] = cell.method
     jsonl.write_json_atomic(cell.workdir / experiment.SUMMARY_FILE, s)
-    print(f"[tl_jax] {cell.method:>20s} seed {cell.seed}: test accuracy "
-          f"{s['test_accuracy']:.4f}", flush=True)
     summaries.append({**s, "run_dir": str(cell.workdir)})
   refs = c.get("references")
   frame = report.runs_frame(summaries)
   table = report.to_markdown(report.summary_table(
-      frame, reference=c.reference or order[0], references=refs.to_dict() if refs else None,
+      frame, reference=c.get("reference") or order[0],
+      references=refs.to_dict() if refs else None,
       methods=order))
   flagged = suspect.lines(frame)
   if flagged:
     table += "\nSuspect runs (counted above, to be read with care):\n\n" + "".join(
         f"- {x}\n" for x in flagged)
+  figures = _figures(frame, wd, order, config.name)
+  if figures:
+    table += "\n" + "".join(f"![{f.stem}]({f.relative_to(wd)})\n" for f in figures)
   header = report.provenance(config.name, config.compare.seeds, time.time() - t0)
   jsonl.write_text_atomic(wd / "results.md", header + table)
-  print(table, end="", flush=True)
+  print("\n" + table, end="", flush=True)
+  print(f"\n[tl_jax] table: {wd / 'results.md'}", flush=True)
+  for f in figures:
+    print(f"[tl_jax] figure: {f}", flush=True)
+  print(f"[tl_jax] per run (metrics.jsonl, curves.png, confusion_matrix.png, tensorboard/): "
+        f"{wd / 'runs'}/<method>/n<N>/seed<S>", flush=True)
   return {"table": table, "runs": summaries}
+
+
+def _figures(frame: Any, wd: pathlib.Path, order: tuple[str, ...], name: str) -> list:
+  """The comparison at a glance: every seed's test accuracy per method (box + points)."""
+  try:
+    from tl_jax.analysis import plots
+  except ImportError:  # plotting is optional for headless library use
+    return []
+  if frame.empty or "test_accuracy" not in frame:
+    return []
+  ms = [m for m in order if m in set(frame["method"])]
+  return [plots.plot_box_strip(frame, wd / "figures" / "test_accuracy.png", "test_accuracy",
+                               methods=ms, title=f"{name}: test accuracy per seed")]

@@ -88,7 +88,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.transfer.unfreeze = ()       # fine_tune stage 2: regexes of the top blocks to unfreeze
   c.transfer.warmup_epochs = 0   # fine_tune stage 1 (head only) epochs
   c.transfer.finetune_lr = 0.0   # fine_tune stage 2 LR (0 = optimizer.lr / 10)
-  c.transfer.bn = "live"         # live | frozen: BatchNorm statistics during training
+  # BatchNorm during training (tl_jax.transfer.strategies.BN_MODES): frozen_layers (those of
+  # frozen layers in inference mode, the Keras convention) | live (all update) | frozen (none)
+  c.transfer.bn = "frozen_layers"
 
   # Knowledge transfer from a source network (tl_jax.kt): none | ufm | l2t_ww | l2t_www.
   c.kt = ml_collections.ConfigDict()

@@ -124,10 +124,11 @@ def check_honoured(config: ml_collections.ConfigDict) -> None:
       raise ConfigError("train.label_smoothing", config.train.label_smoothing, [0.0],
                         hint=f"kt.method {config.kt.method!r} matches the authors' plain CE")
   if config.transfer.strategy == "feature_extraction":
-    for field, allowed in (("input.augment", "none"), ("transfer.bn", "live"),
-                           ("model.bn_running_var", "biased")):
-      if _get_field(config, field) != allowed:
-        raise ConfigError(field, _get_field(config, field), [allowed],
+    for field, allowed in (("input.augment", ("none",)),
+                           ("transfer.bn", ("frozen_layers", "frozen")),
+                           ("model.bn_running_var", ("biased",))):
+      if _get_field(config, field) not in allowed:
+        raise ConfigError(field, _get_field(config, field), list(allowed),
                           hint="feature_extraction caches the backbone's features once, in "
                           "inference mode; the field would be ignored")
   if config.transfer.strategy == "scratch" and (config.transfer.init_from or
@@ -286,9 +287,11 @@ def _supervised_segments(config, model, head_rx, params, spe: int) -> list[engin
   for stage in strategies.make_stages(config, head_rx):
     tx = optim.make_optimizer(stage.optimizer, spe, stage.num_epochs, params)
     frozen = masks.frozen_mask(params, tuple(stage.optimizer.frozen))
+    bn_frozen = (masks.frozen_modules(params, frozen) if stage.bn == "frozen_layers"
+                 else stage.bn == "frozen")
     learner = SupervisedLearner(model, tx, aug, pre,
                                 label_smoothing=float(config.train.label_smoothing),
-                                bn_frozen=stage.bn_frozen,
+                                bn_frozen=bn_frozen,
                                 trainable=jax.tree.map(lambda f: not f, frozen),
                                 bn_running_var=str(config.model.bn_running_var))
     logging.info("stage %s: %d epochs; %s", stage.name, stage.num_epochs,
@@ -304,6 +307,7 @@ def _kt_setup(config, target, t_vars, image_shape, spe: int):
   k = config.kt
   kcfg = KTConfig(method=k.method, beta=float(k.beta), inner_steps=int(k.inner_steps),
                   meta_lr=float(k.meta_lr), meta_weight_decay=float(k.meta_weight_decay),
+                  # the target trains whole: 'frozen_layers' freezes no BatchNorm here
                   bn_frozen=config.transfer.bn == "frozen", bn_updates=str(k.bn_updates),
                   bn_running_var=str(config.model.bn_running_var),
                   meta_dtype=str(k.meta_dtype), matmul_precision=str(k.matmul_precision),
@@ -503,7 +507,7 @@ def _run_seeds(config, seeds, wds, t0, overwrite) -> list[dict[str, Any]]:
                     "config_hash": identity.config_hash(c), "cell_hash": identity.cell_hash(c)})
     jsonl.write_json_atomic(wd / "history.json", res.histories[i])
     jsonl.write_json_atomic(wd / SUMMARY_FILE, summary)
-    _figures(wd, res.histories[i], res_i, splits.class_names)
+    _figures(wd, res.histories[i], res_i, splits.class_names, summary)
     out.append(summary)
   return out
 
@@ -526,6 +530,7 @@ def run_summary(config, results, history, copied, wall_s, class_names, train_siz
       "dataset": str(config.data.get("train") or config.data.get("root") or config.data.source),
       "n_per_class": int(config.data.n_per_class), "seed": int(config.seed),
       "strategy": config.transfer.strategy, "num_classes": len(class_names),
+      "class_names": [str(c) for c in class_names],
       "train_size": int(train_size), "best_epoch": best[-1]["epoch"] if best else None,
       "epochs_run": len(history), "wall_s": wall_s, "num_copied_from_source": len(copied),
       "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
@@ -545,13 +550,21 @@ def run_summary(config, results, history, copied, wall_s, class_names, train_siz
   return s
 
 
-def _figures(wd: pathlib.Path, history, results, class_names) -> None:
+def _figures(wd: pathlib.Path, history, results, class_names,
+             summary: dict[str, Any] | None = None) -> None:
+  """curves.png and confusion_matrix.png of one run, titled from its summary (config name,
+  data set, method, N, seed): a PNG opened on its own must say which run it shows. The class
+  names are the data's (splits.class_names, the same for every method family)."""
   try:
     from tl_jax.analysis import plots
   except ImportError:  # plotting is optional for headless library use
     return
+  s = summary or {}
+  title = plots.run_title(s.get("name", ""), s.get("dataset", ""), s.get("method", ""),
+                          s.get("n_per_class"), s.get("seed"))
   if history:
-    plots.plot_training_curves(history, wd / "curves.png")
+    plots.plot_training_curves(history, wd / "curves.png", title=title)
   if "test" in results:
     plots.plot_confusion_matrix(np.asarray(results["test"]["confusion_matrix"]),
-                                wd / "confusion_matrix.png", class_names=class_names)
+                                wd / "confusion_matrix.png", class_names=list(class_names),
+                                title=f"{title}\ntest split" if title else "test split")

@@ -27,6 +27,10 @@ from tl_jax.errors import ConfigError
 
 IGNORED = ("sweep", "compare.seeds", "train.progress", "train.checkpoint_every",
            "train.keep_checkpoints", "kt.precision_probe_every")
+# Fields whose default changed after results were recorded under the old one: identities are
+# computed against the old default, so a run that relied on the new one is not taken for an
+# older run that relied on the old one (and the older runs keep their identity).
+RECORDED_DEFAULTS = {"transfer.bn": "live"}
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
 # what a run writes into its workdir (removed by --overwrite; nothing else is touched)
@@ -72,9 +76,11 @@ def _base_fields(ignored: tuple[str, ...]) -> dict[str, Any]:
 def identity_fields(config: Any, ignored: Iterable[str] = IGNORED) -> dict[str, Any]:
   """The result-determining fields of `config` that differ from `base_config()`'s defaults.
   Why only those: a field added to tl_jax later, at a default that keeps the old behaviour,
-  must not make every earlier result look like another config's; a changed default does
-  change the identity of configs that relied on it."""
-  base = _base_fields(tuple(ignored))
+  must not make every earlier result look like another config's. A default changed later is
+  compared with its old value (`RECORDED_DEFAULTS`), so the identity of configs that relied
+  on it changes."""
+  base = dict(_base_fields(tuple(ignored)))
+  base.update((k, v) for k, v in RECORDED_DEFAULTS.items() if k in base)
   missing = object()
   return {k: v for k, v in flat_fields(config, ignored).items() if base.get(k, missing) != v}
 

@@ -64,7 +64,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   check_choice("data.source", config.data.source, sources.source_names())
   check_choice("transfer.strategy", config.transfer.strategy, strategies.STRATEGIES)
   check_choice("transfer.init_kind", config.transfer.init_kind, tinit.INIT_KINDS)
-  check_choice("transfer.bn", config.transfer.bn, ("live", "frozen"))
+  check_choice("transfer.bn", config.transfer.bn, strategies.BN_MODES)
   check_choice("model.bn_running_var", config.model.bn_running_var, ("biased", "unbiased"))
   check_choice("train.seed_loop", config.train.seed_loop, ("auto", "vmap", "map"))
 

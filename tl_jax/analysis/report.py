@@ -54,6 +54,7 @@ import os
 import pathlib
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -456,12 +457,35 @@ def hardware_description() -> str:
           f"Python {platform.python_version()}; {jax_s}")
 
 
+def runnable_command(argv: Sequence[str]) -> str:
+  """`argv` as a shell line that reruns it from the working directory: a module run as a
+  script (sys.argv[0] is then its file) becomes `python -m <module>`, a script under the
+  working directory gets its relative path, every argument is shell-quoted."""
+  argv = [str(a) for a in argv]
+  if not argv:
+    return ""
+  head, rest = argv[0], argv[1:]
+  path = pathlib.Path(head)
+  pkg = pathlib.Path(__file__).resolve().parents[1]  # the tl_jax package
+  if path.suffix == ".py" and path.is_file():
+    full = path.resolve()
+    if pkg in full.parents:
+      mod = ".".join(full.relative_to(pkg.parent).with_suffix("").parts)
+      return " ".join(["python", "-m", mod, *map(shlex.quote, rest)])
+    try:
+      head = str(full.relative_to(pathlib.Path.cwd().resolve()))
+    except ValueError:
+      head = str(full)
+    return " ".join(["python", shlex.quote(head), *map(shlex.quote, rest)])
+  return " ".join(map(shlex.quote, [head, *rest]))
+
+
 def provenance(config_name: str, seeds: Sequence[int], wall_s: float,
                command: Sequence[str] | None = None) -> str:
   """Where a table came from, as Markdown lines above it (results.md): command, config, seeds,
   commit, date, hardware, wall time and the load average (a loaded machine skews wall time)."""
   now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-  return (f"Command: `{' '.join(sys.argv if command is None else command)}`  \n"
+  return (f"Command: `{runnable_command(sys.argv if command is None else command)}`  \n"
           f"Config: {config_name}; seeds {tuple(seeds)}  \nCommit: {git_commit()}  \n"
           f"Date: {now}  \nHardware: {hardware_description()}  \n"
           f"Wall time: {wall_s:.0f} s; 1-min load average at the end: {os.getloadavg()[0]:.2f}"
@@ -504,6 +528,7 @@ def build_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike,
     if "minority_accuracy" in g.columns and g["minority_accuracy"].notna().any():
       metrics.append("minority_accuracy")
     md.append(f"## {ds} — {exp}\n")
+    dsn = plots.short_dataset(ds) or ds  # figure titles: 'cifar10', not the file's path
     for metric in metrics:
       slug = _slug(ds, exp, metric)
       table, tests_df = comparison_table(g, metric, methods, pairs, alternative, decimals,
@@ -522,10 +547,11 @@ def build_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike,
              f"CSV: `table_{slug}.csv`. n per cell lists seeds per method in column order.\n"]
       ms = order_methods(g["method"].unique(), methods)
       p1 = plots.plot_accuracy_vs_n(cells, fig_dir / f"acc_vs_n_{slug}.png", ms,
-                                    title=f"{ds} {exp}", ylabel=f"{metric} (%)")
+                                    title=f"{dsn} · {exp}: mean ± std over seeds",
+                                    ylabel=f"{metric} (%)")
       g100 = g.assign(**{metric: 100.0 * g[metric]})
       p2 = plots.plot_box_strip(g100[g100[metric].notna()], fig_dir / f"box_{slug}.png", metric,
-                                ms, title=f"{ds} {exp}: every seed", ylabel=f"{metric} (%)")
+                                ms, title=f"{dsn} · {exp}: every seed", ylabel=f"{metric} (%)")
       md += [f"![{metric} vs N]({p1.relative_to(out)})", f"![seeds]({p2.relative_to(out)})", ""]
     flagged = suspect.lines(g)
     if flagged:
@@ -536,7 +562,10 @@ def build_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike,
       for m, gm in g[(g["n_per_class"] == nmax) & g["confusion_matrix"].notna()].groupby("method"):
         cm = np.sum([np.asarray(c, dtype=np.int64) for c in gm["confusion_matrix"]], axis=0)
         p = plots.plot_confusion_matrix(cm, fig_dir / f"cm_{_slug(ds, exp, m, nmax)}.png",
-                                        title=f"{m}, N={nmax}, summed over {len(gm)} seeds")
+                                        class_names=_class_names(gm, cm.shape[0]),
+                                        title=f"{dsn} · {exp} · {m} · N={nmax}/class\n"
+                                        f"test split, summed over {len(gm)} "
+                                        f"seed{'s' if len(gm) != 1 else ''}")
         md.append(f"![confusion {m}]({p.relative_to(out)})")
       md.append("")
     if curves:
@@ -549,11 +578,36 @@ def build_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike,
           records = json.loads((rd / "history.json").read_text())
         if records:
           p = plots.plot_training_curves(records, fig_dir / f"curves_{_slug(ds, exp, m, n)}.png",
-                                         title=f"{m} N={n} seed {gc['seed'].min()}")
+                                         title=plots.run_title(f"{dsn} · {exp}", "", m, n,
+                                                               gc["seed"].min()))
           md.append(f"![curves {m} N={n}]({p.relative_to(out)})")
   write_text_atomic(out / "cells.csv", pd.concat(all_cells).to_csv(index=False))
   write_text_atomic(out / "tests.csv", pd.concat(all_tests).to_csv(index=False))
   return write_text_atomic(out / "README.md", "\n".join(md) + "\n")
+
+
+def _class_names(runs: pd.DataFrame, num_classes: int) -> list[str] | None:
+  """The class names of a cell's runs, for confusion-matrix ticks: summary.json's
+  'class_names' where present, else the run's model.json (tl_jax.transfer.init.save_variables
+  writes them there for every method family). None (index ticks) unless all runs agree."""
+  found = set()
+  for _, r in runs.iterrows():
+    names = r.get("class_names")
+    if not isinstance(names, (list, tuple)):
+      names = None
+      meta = pathlib.Path(str(r.get("run_dir", ""))) / "model.json"
+      if meta.is_file():
+        try:
+          names = json.loads(meta.read_text()).get("class_names")
+        except (json.JSONDecodeError, AttributeError):
+          names = None
+    if names is None:
+      return None
+    found.add(tuple(str(n) for n in names))
+  if len(found) != 1:
+    return None
+  names = list(found.pop())
+  return names if len(names) == num_classes else None
 
 
 def _parse_pairs(values: Sequence[str] | None) -> list[tuple[str, str]] | None:

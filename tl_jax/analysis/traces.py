@@ -12,6 +12,7 @@ per epoch, so a resumed run that re-records an epoch is fine.
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 from typing import Any, Sequence
 
@@ -76,15 +77,20 @@ def plot_traces(runs: str | pathlib.Path, out: str | pathlib.Path,
   cells = sorted({(p.parent.name, p.name) for p in runs.glob("*/n*/seed*")},
                  key=lambda c: (int(c[0][1:]), int(c[1][4:])))
   for n_dir, seed_dir in cells[:1]:
-    traj = {}
+    traj, epochs, wname = {}, None, ""
     for m in methods:
       rows = read_trace(runs / m / n_dir / seed_dir)
       if rows:
         traj[m] = np.array([r["weights"] for r in rows])
+        epochs = epochs or [r["epoch"] for r in rows]
+        wname = wname or str(rows[0].get("weight_name", ""))
     if traj:
+      first = next(iter(traj.values()))  # plots checks that every method has this shape
+      head = _sweep_label(runs, methods, n_dir, seed_dir)
       written.append(str(plots.plot_weight_trajectories(
-          traj, out / f"weight_trajectories_{n_dir}_{seed_dir}.png",
-          title=f"first-conv weights over epochs ({n_dir}, {seed_dir}; same init)")))
+          traj, out / f"weight_trajectories_{n_dir}_{seed_dir}.png", steps=epochs,
+          xlabel="epoch", weight_names=[f"{wname or 'w'} #{j}" for j in range(first.shape[-1])],
+          title=f"{head}first-conv weights over epochs ({n_dir}, {seed_dir}; same init)")))
     rows = [r for r in read_trace(runs / "l2t_www" / n_dir / seed_dir) if "gamma" in r]
     if rows:
       pair = sorted(rows[0]["gamma"])[0]
@@ -93,6 +99,22 @@ def plot_traces(runs: str | pathlib.Path, out: str | pathlib.Path,
           g, out / f"gamma_{pair}_{n_dir}_{seed_dir}.png", epochs=[r["epoch"] for r in rows],
           title=f"L2T-www per-pixel weights γ, pair {pair} ({n_dir}, {seed_dir})")))
   return written
+
+
+def _sweep_label(runs: pathlib.Path, methods: Sequence[str], n_dir: str, seed_dir: str) -> str:
+  """'<config name> · <data set> · ' from the first of the cell's runs with a summary.json, so
+  the figure names what it was trained on; '' when no summary is there yet."""
+  from tl_jax.analysis import plots
+  for m in methods:
+    p = runs / m / n_dir / seed_dir / "summary.json"
+    if p.is_file():
+      try:
+        s = json.loads(p.read_text())
+      except json.JSONDecodeError:
+        continue
+      label = plots.run_title(s.get("name", ""), s.get("dataset", ""))
+      return f"{label} · " if label else ""
+  return ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,7 +36,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer.lr = 0.05
   c.train.eval_batch_size = 500
   c.train.checkpoint_every = 5
-  c.train.progress = False
   c.sweep.n_per_class = (10,)
   c.sweep.seeds = 3
   c.sweep.seeds_per_unit = 1  # seeds per compiled program (0 = all pending seeds of a cell)

@@ -60,6 +60,8 @@ def get_config(dataset: str = "cifar10") -> ml_collections.ConfigDict:
   c.input.normalize = "imagenet"
   c.model.name = "vgg9"
   c.model.bn_running_var = "unbiased"  # the reference is PyTorch code (unbiased running var)
+  # every layer of the target trains: all BatchNorms update, as in the reference (model.train())
+  c.transfer.bn = "live"
   c.optimizer.name = "sgd"
   c.optimizer.lr = 0.1
   c.optimizer.momentum = 0.9

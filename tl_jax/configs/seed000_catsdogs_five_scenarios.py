@@ -83,7 +83,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.reduce_lr.patience = 2
   c.train.reduce_lr.factor = 0.1
   c.train.checkpoint_every = 0
-  c.train.progress = False
   c.transfer.strategy = "scratch"
 
   c.compare = ml_collections.ConfigDict()

@@ -62,11 +62,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 20
   c.train.eval_batch_size = 100
   c.train.checkpoint_every = 0
-  c.train.progress = False
   c.transfer.strategy = "frozen_backbone"
   c.transfer.init_kind = "efficientnet_lite0"
   c.transfer.init_from = EFFNET_WEIGHTS
-  c.transfer.bn = "live"  # the cut model keeps the frozen base's BN in inference mode itself
 
   c.compare = ml_collections.ConfigDict()
   c.compare.source = ml_collections.ConfigDict()

@@ -50,7 +50,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 64
   c.train.eval_batch_size = 500
   c.train.checkpoint_every = 0
-  c.train.progress = False
   c.transfer.strategy = "scratch"
 
   c.compare = ml_collections.ConfigDict()

@@ -45,7 +45,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eval_batch_size = 512
   c.train.drop_last = False
   c.train.checkpoint_every = 0
-  c.train.progress = False
   c.transfer.strategy = "scratch"
 
   c.compare = ml_collections.ConfigDict()

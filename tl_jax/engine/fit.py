@@ -38,7 +38,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax
 import jax
@@ -47,7 +47,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from tl_jax.errors import ConfigError, NonFiniteLossError, check_choice
-from tl_jax.train import callbacks, jsonl, optim
+from tl_jax.train import callbacks, jsonl, optim, tensorboard
 
 METRICS_FILE = "metrics.jsonl"
 SEED_LOOPS = ("vmap", "map")
@@ -393,6 +393,17 @@ def _record(metrics: dict[str, np.ndarray], i: int, seg: Segment, seg_epoch: int
   return r
 
 
+def _postfix(records: Sequence[Mapping[str, Any]]) -> str:
+  """'loss 0.412 acc 0.875 val 0.800' (means over the seeds) for the epoch bar."""
+  parts = []
+  for key, name, fmt in (("train_loss", "loss", ".3f"), ("train_accuracy", "acc", ".3f"),
+                         ("val_accuracy", "val", ".3f")):
+    vals = [float(r[key]) for r in records if r.get(key) is not None]
+    if vals:
+      parts.append(f"{name} {np.mean(vals):{fmt}}")
+  return " ".join(parts)
+
+
 def fit(segments: Sequence[Segment], data: SeedData, seeds: Sequence[int], init_variables: Any,
         cfg: FitConfig, workdirs: Sequence[str | os.PathLike], *, consts: Any = None,
         checkpoint_dir: str | os.PathLike | None = None, mesh: Mesh | None = None,
@@ -401,7 +412,8 @@ def fit(segments: Sequence[Segment], data: SeedData, seeds: Sequence[int], init_
   """Trains K seeds through `segments`; returns their final (best-on-validation) variables.
 
   `init_variables`: the model variables of every seed stacked on a leading K axis. Each seed's
-  records go to `workdirs[i]/metrics.jsonl`. With `checkpoint_dir` and
+  records go to `workdirs[i]/metrics.jsonl` and, as TensorBoard scalars, to
+  `workdirs[i]/tensorboard/` (tl_jax.train.tensorboard). With `checkpoint_dir` and
   `cfg.checkpoint_every > 0` the stacked carry is saved every that many epochs (and at the end
   of each segment) and a rerun resumes from the newest checkpoint bit-identically.
   `on_epoch_end(seed_index, state_of_that_seed, record)` is called for every active seed.
@@ -462,6 +474,8 @@ def fit(segments: Sequence[Segment], data: SeedData, seeds: Sequence[int], init_
   bar = tqdm(total=bar_total, desc=desc or "epochs", leave=False,
              disable=not cfg.progress or not sys.stderr.isatty())
   bar.update(sum(s.num_epochs for s in segments[:start_seg]) + start_epoch)
+  # workdirs[i]/tensorboard/ rewritten from the restored history, like metrics.jsonl above
+  boards = tensorboard.EpochBoards(workdirs, histories)
   interrupt = _GracefulInterrupt()
   try:
     for si, seg in enumerate(segments):
@@ -501,10 +515,15 @@ def fit(segments: Sequence[Segment], data: SeedData, seeds: Sequence[int], init_
             r["is_best"] = False
           histories[i].append(r)
           jsonl.append_jsonl(workdirs[i] / METRICS_FILE, r)
+          boards.write(i, r)
           if on_epoch_end is not None:
             on_epoch_end(i, jax.tree.map(lambda x, i=i: x[i], carry.state), r)
+        boards.flush()
         done = np.asarray(m["stop"]) | np.asarray(jax.device_get(carry.done))
         ep += 1
+        if not bar.disable:
+          bar.set_postfix_str(_postfix([h[-1] for h, a in zip(histories, m["active"]) if a]),
+                              refresh=False)
         bar.update(1)
         last = ep >= seg.num_epochs or done.all()
         if ckpt is not None and (ep % cfg.checkpoint_every == 0 or last or interrupt.asked):
@@ -551,6 +570,7 @@ def fit(segments: Sequence[Segment], data: SeedData, seeds: Sequence[int], init_
   finally:
     interrupt.restore()
     bar.close()
+    boards.close()
     if ckpt is not None:
       ckpt.close()
   for i, w in enumerate(workdirs):

@@ -61,7 +61,8 @@ class SupervisedLearner(_Inference):
   def __init__(self, model: Any, tx: optax.GradientTransformation,
                preprocess_train: Optional[Callable[[jax.Array, jax.Array], jax.Array]],
                preprocess_eval: Optional[Preprocess], *, label_smoothing: float = 0.0,
-               bn_frozen: bool = False, trainable: Any = None, bn_running_var: str = "biased"):
+               bn_frozen: bool | frozenset[str] = False, trainable: Any = None,
+               bn_running_var: str = "biased"):
     self.model, self.tx = model, tx
     self.preprocess_eval = preprocess_eval or steps.default_preprocess
     self._step = steps.make_train_step(model, preprocess_train, label_smoothing=label_smoothing,

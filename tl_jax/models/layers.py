@@ -15,8 +15,8 @@ variables in the input's precision (float64 input -> float64 params and BN stati
 float64 end-to-end forward/gradient (finite-difference checks) needs.
 
 `BatchNorm` is `nn.BatchNorm` (same variables and names) that honours two trace-time contexts:
-`frozen_batch_norm` (inference mode under train=True) and `batch_norm_mask` (batch statistics over
-the real rows of a padded batch only).
+`frozen_batch_norm` (inference mode under train=True, for every BatchNorm or for those at given
+module paths) and `batch_norm_mask` (batch statistics over the real rows of a padded batch only).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import contextlib
 import functools
 import contextvars
 import math
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -149,24 +149,35 @@ class Conv(nn.Module):
     return y
 
 
-_BN_FROZEN = contextvars.ContextVar("tl_jax_bn_frozen", default=False)
+_BN_FROZEN: contextvars.ContextVar[bool | frozenset[str]] = contextvars.ContextVar(
+    "tl_jax_bn_frozen", default=False)
 
 
 @contextlib.contextmanager
-def frozen_batch_norm(frozen: bool = True) -> Iterator[None]:
-  """Within this context (at trace time), every tl_jax BatchNorm runs in inference mode — running
-  statistics used and left unchanged — even under `train=True`, while dropout keeps following
-  `train`. This is `transfer.bn='frozen'`: frozen BN statistics without switching dropout off."""
-  token = _BN_FROZEN.set(bool(frozen))
+def frozen_batch_norm(frozen: bool | Iterable[str] = True) -> Iterator[None]:
+  """Within this context (at trace time) tl_jax BatchNorms run in inference mode - running
+  statistics used and left unchanged - even under `train=True`, while dropout keeps following
+  `train`.
+
+  `frozen=True`: every BatchNorm (`transfer.bn='frozen'`). A collection of '/'-joined module
+  paths (e.g. {'block1/bn'}): only the BatchNorms at those paths, the others train as usual
+  (`transfer.bn='frozen_layers'`: the layers a strategy freezes keep their statistics, as a
+  Keras base model with `trainable=False` does). `False` or an empty collection: none."""
+  value = frozenset(frozen) if not isinstance(frozen, bool) else frozen
+  token = _BN_FROZEN.set(value)
   try:
     yield
   finally:
     _BN_FROZEN.reset(token)
 
 
-def bn_inference(train: bool) -> bool:
-  """`use_running_average` for a BatchNorm built under `train` (see `frozen_batch_norm`)."""
-  return (not train) or _BN_FROZEN.get()
+def bn_inference(train: bool, path: Sequence[str] = ()) -> bool:
+  """`use_running_average` of the BatchNorm at module `path` called under `train`
+  (see `frozen_batch_norm`)."""
+  frozen = _BN_FROZEN.get()
+  if not train or frozen is True:
+    return True
+  return bool(frozen) and "/".join(path) in frozen
 
 
 _BN_MASK: contextvars.ContextVar[Array | None] = contextvars.ContextVar("tl_jax_bn_mask",
@@ -239,10 +250,16 @@ class BatchNorm(nn.BatchNorm):
   files and checkpoints written with `nn.BatchNorm` load unchanged.
   """
 
+  # Set by `batch_norm(train, ...)` instead of `use_running_average`: the mode is then decided
+  # at call time, when the module knows its path (`frozen_batch_norm` with module paths).
+  train: Optional[bool] = None
+
   def __call__(self, x: Array, use_running_average: bool | None = None, *,
                mask: Array | None = None) -> Array:
     if mask is None:
       mask = bn_row_mask(x)
+    if self.train is not None and self.use_running_average is None and use_running_average is None:
+      use_running_average = bn_inference(self.train, self.scope.path if self.scope else ())
     running = nn.merge_param("use_running_average", self.use_running_average,
                              use_running_average)
     old_var = None
@@ -277,8 +294,7 @@ def batch_norm(train: bool, name: str, momentum: float = 0.9,
                epsilon: float = 1e-5) -> BatchNorm:
   """BatchNorm with PyTorch defaults (torch momentum 0.1 == flax momentum 0.9, eps 1e-5) that
   follows `frozen_batch_norm` and `batch_norm_mask`."""
-  return BatchNorm(use_running_average=bn_inference(train), momentum=momentum,
-                   epsilon=epsilon, name=name)
+  return BatchNorm(train=bool(train), momentum=momentum, epsilon=epsilon, name=name)
 
 
 def _window_slices(x: Array, window: Sequence[int], strides: Sequence[int]):

@@ -32,6 +32,7 @@ import os
 import pathlib
 import re
 import shlex
+import sys
 import tempfile
 import traceback
 from typing import Any, Callable, Mapping, Sequence
@@ -307,30 +308,62 @@ def run_grid(config: ml_collections.ConfigDict, root: str | os.PathLike,
   cluster instead.
   """
   rep, plan = plan_units(config, root, host_index, num_hosts, dry_run, overwrite)
+  if rep.skipped and not dry_run:
+    print(f"[tl_jax] {len(rep.skipped)} of {len(rep.skipped) + sum(map(len, plan))} runs "
+          "finished earlier with this same config: kept, not rerun", flush=True)
   if dry_run or not plan:
     rep.pending = [c for unit in plan for c in unit] if dry_run else []
     return rep
   run_unit = run_unit or load_run_unit()
-  for i, unit in enumerate(plan):
-    seeds = [c.seed for c in unit]
-    logging.info("sweep: unit %d/%d %s n%d seeds %s", i + 1, len(plan), unit[0].method,
-                 unit[0].n_per_class, seeds)
-    prepare_unit(unit)
-    try:
-      run_unit(unit[0].config, seeds, [str(c.workdir) for c in unit])
-    except Exception as e:  # noqa: BLE001 - reported, and re-raised unless keep_going
-      if not keep_going:
-        raise
-      logging.error("unit %s failed: %s", [str(c.workdir) for c in unit], e)
-      msg = "".join(traceback.format_exception_only(type(e), e)).strip()
-      rep.failed += [(c, msg) for c in unit]
-      continue
-    for c in unit:
-      if c.done:
-        rep.ran.append(c)
-      else:
-        rep.failed.append((c, f"the unit returned but wrote no {SUMMARY_NAME}"))
+  from tqdm.auto import tqdm
+  # one bar over the runs (the engine adds one over epochs below it); none off a terminal
+  bar = tqdm(total=sum(map(len, plan)), unit="run", dynamic_ncols=True,
+             disable=not bool(config.train.get("progress", True)) or not sys.stderr.isatty())
+  try:
+    for i, unit in enumerate(plan):
+      seeds = [c.seed for c in unit]
+      bar.set_description(f"{unit[0].method} N={unit[0].n_per_class}")
+      logging.info("sweep: unit %d/%d %s n%d seeds %s", i + 1, len(plan), unit[0].method,
+                   unit[0].n_per_class, seeds)
+      prepare_unit(unit)
+      try:
+        run_unit(unit[0].config, seeds, [str(c.workdir) for c in unit])
+      except Exception as e:  # noqa: BLE001 - reported, and re-raised unless keep_going
+        if not keep_going:
+          raise
+        logging.error("unit %s failed: %s", [str(c.workdir) for c in unit], e)
+        msg = "".join(traceback.format_exception_only(type(e), e)).strip()
+        rep.failed += [(c, msg) for c in unit]
+        bar.update(len(unit))
+        continue
+      for c in unit:
+        if c.done:
+          rep.ran.append(c)
+          tqdm.write(run_line(c), file=sys.stdout)
+        else:
+          rep.failed.append((c, f"the unit returned but wrote no {SUMMARY_NAME}"))
+      sys.stdout.flush()
+      bar.update(len(unit))
+  finally:
+    bar.close()
   return rep
+
+
+def run_line(cell: Cell) -> str:
+  """One line for a finished run: its test and validation accuracy, best epoch, wall time and
+  why it is suspect, if it is (tl_jax.analysis.suspect)."""
+  from tl_jax.analysis import suspect
+  s = json.loads((cell.workdir / SUMMARY_NAME).read_text())
+  line = (f"[tl_jax] {cell.method} N={cell.n_per_class} seed {cell.seed}: "
+          f"test {100 * float(s.get('test_accuracy', float('nan'))):.1f} %")
+  if s.get("val_accuracy") is not None:
+    line += f", val {100 * float(s['val_accuracy']):.1f} %"
+  if s.get("best_epoch") is not None:
+    line += f", best epoch {s['best_epoch']} of {s.get('epochs_run', '?')}"
+  if s.get("wall_s") is not None:
+    line += f", {float(s['wall_s']):.0f} s"
+  why = suspect.reasons(s, suspect.read_history(cell.workdir))
+  return line + (f"  {suspect.MARK} " + "; ".join(why) if why else "")
 
 
 def host_commands(config_arg: str, root: str | os.PathLike, num_hosts: int,

@@ -73,6 +73,17 @@ def frozen_mask(params: Any, frozen_regexes: Sequence[str], require_match: bool 
                       field="optimizer.frozen", require_match=require_match)
 
 
+def frozen_modules(params: Any, frozen: Any) -> frozenset[str]:
+  """'/'-joined paths of the modules all of whose parameters `frozen` (a bool tree like
+  `params`) freezes, e.g. {'block1/bn'}: where `transfer.bn='frozen_layers'` keeps a
+  BatchNorm in inference mode."""
+  by_module: dict[str, list[bool]] = {}
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  for (path, _), is_frozen in zip(flat, jax.tree_util.tree_leaves(frozen)):
+    by_module.setdefault(path_name(path[:-1]), []).append(bool(is_frozen))
+  return frozenset(m for m, f in by_module.items() if all(f))
+
+
 def trainable_names(params: Any, frozen_regexes: Sequence[str] = ()) -> dict[str, Any]:
   """Which tensors train and which are frozen, with parameter counts, for logging."""
   mask = frozen_mask(params, frozen_regexes)

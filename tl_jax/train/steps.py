@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Collection, Optional
 
 import flax
 import jax
@@ -50,7 +50,8 @@ def make_train_step(model: Any, preprocess_train: Optional[Callable[[jax.Array, 
                                                                     jax.Array]] = None,
                     loss_fn: Optional[LossFn] = None,
                     extra_loss: Optional[Callable[[Any, dict[str, Any]], jax.Array]] = None,
-                    *, label_smoothing: float = 0.0, bn_frozen: bool = False,
+                    *, label_smoothing: float = 0.0,
+                    bn_frozen: bool | Collection[str] = False,
                     trainable: Any = None, bn_running_var: str = "biased",
                     jit: bool = True) -> Callable[..., tuple[Any, dict[str, jax.Array]]]:
   """Returns `train_step(state, batch, key) -> (state, metrics)`, jitted with the state donated.
@@ -65,7 +66,9 @@ def make_train_step(model: Any, preprocess_train: Optional[Callable[[jax.Array, 
     images, mask} (for L2-SP, feature matching, ...).
   - `bn_frozen=True` runs every BatchNorm in inference mode (it uses and keeps its running
     statistics; `tl_jax.models.layers.frozen_batch_norm`) while dropout stays on. Models with
-    their own `nn.BatchNorm` layers fall back to `train=False` (dropout off too).
+    their own `nn.BatchNorm` layers fall back to `train=False` (dropout off too). A collection
+    of '/'-joined module paths freezes only the BatchNorms there (`frozen_bn_modules`: those
+    whose parameters `trainable` freezes; `transfer.bn='frozen_layers'`).
   - `bn_running_var`: 'biased' (flax) or 'unbiased' (PyTorch) running-variance update
     (`tl_jax.models.layers.bn_running_var`).
   - `trainable`: a bool tree like the params (False = frozen). Frozen gradients are replaced by
@@ -77,6 +80,8 @@ def make_train_step(model: Any, preprocess_train: Optional[Callable[[jax.Array, 
   """
   preprocess = preprocess_train
   loss_fn = loss_fn or cross_entropy(label_smoothing)
+  all_bn_frozen = bn_frozen is True
+  frozen_bn_paths = frozenset() if isinstance(bn_frozen, bool) else frozenset(bn_frozen)
 
   def train_step(state, batch: Batch, key: jax.Array):
     # `key` is used as given: the engine folds it with the seed's global step
@@ -97,18 +102,19 @@ def make_train_step(model: Any, preprocess_train: Optional[Callable[[jax.Array, 
       variables = {"params": params}
       if has_bn:
         variables["batch_stats"] = state.batch_stats
-      if bn_frozen or not has_bn:
+      if all_bn_frozen or not has_bn:
         try:  # tl_jax's BatchNorms in inference mode, dropout still on
-          with frozen_batch_norm(bn_frozen):
+          with frozen_batch_norm(all_bn_frozen):
             out = model.apply(variables, x, train=True, rngs={"dropout": dropout_key})
         except flax.errors.ModifyScopeVariableError:
           # a model with its own nn.BatchNorm (not tl_jax.models.layers.batch_norm) tried to
           # update its statistics: freeze them the only way it allows, train=False (no dropout)
           out = model.apply(variables, x, train=False, rngs={"dropout": dropout_key})
         new_bs = state.batch_stats
-      else:
-        out, mutated = model.apply(variables, x, train=True, mutable=["batch_stats"],
-                                   rngs={"dropout": dropout_key})
+      else:  # the BatchNorms at `bn_frozen` paths (if any) keep their statistics
+        with frozen_batch_norm(frozen_bn_paths):
+          out, mutated = model.apply(variables, x, train=True, mutable=["batch_stats"],
+                                     rngs={"dropout": dropout_key})
         new_bs = mutated["batch_stats"]
       logits, features = _split_output(out)
       per_ex = loss_fn(logits, labels)

@@ -23,6 +23,14 @@ import ml_collections
 from tl_jax.errors import ConfigError, check_choice
 
 STRATEGIES = ("scratch", "full_fine_tune", "frozen_backbone", "fine_tune", "feature_extraction")
+# transfer.bn: what BatchNorm does during training.
+# - frozen_layers (default): the BatchNorms of the layers a stage freezes run in inference mode
+#   and keep the source's statistics; those of trainable layers update as usual. This is the
+#   Keras convention for a base model with trainable=False: a frozen layer stays frozen.
+# - live: every BatchNorm normalises with batch statistics and updates its running statistics,
+#   frozen or not (PyTorch's model.train() with requires_grad=False).
+# - frozen: every BatchNorm in inference mode, trainable or not.
+BN_MODES = ("frozen_layers", "live", "frozen")
 NEEDS_SOURCE = ("full_fine_tune", "frozen_backbone", "fine_tune", "feature_extraction")
 
 
@@ -31,7 +39,7 @@ class Stage:
   name: str
   num_epochs: int
   optimizer: ml_collections.ConfigDict
-  bn_frozen: bool
+  bn: str  # 'live' | 'frozen' | 'frozen_layers' (see BN_MODES)
 
 
 def freeze_all_but(keep: Sequence[str]) -> str:
@@ -48,8 +56,7 @@ def make_stages(config: ml_collections.ConfigDict, head_regex: str) -> list[Stag
     raise ConfigError("transfer.init_from", t.init_from,
                       hint=f"strategy {strategy!r} needs a source: a tl_jax run workdir or a "
                       "weights file with transfer.init_kind")
-  check_choice("transfer.bn", t.bn, ("live", "frozen"))
-  bn_frozen = t.bn == "frozen"
+  bn = check_choice("transfer.bn", t.bn, BN_MODES)
   epochs = int(config.train.num_epochs)
   opt = config.optimizer
 
@@ -61,16 +68,16 @@ def make_stages(config: ml_collections.ConfigDict, head_regex: str) -> list[Stag
     return o
 
   if strategy in ("scratch", "full_fine_tune"):
-    return [Stage("train", epochs, with_frozen(()), bn_frozen)]
+    return [Stage("train", epochs, with_frozen(()), bn)]
   head_only = with_frozen((freeze_all_but([head_regex]),))
   if strategy in ("frozen_backbone", "feature_extraction"):
-    return [Stage("head", epochs, head_only, bn_frozen)]
+    return [Stage("head", epochs, head_only, bn)]
   # fine_tune
   lr2 = float(t.finetune_lr) or float(opt.lr) / 10.0
   unfreeze = tuple(t.unfreeze)
   stage2_frozen = (freeze_all_but([head_regex, *unfreeze]),) if unfreeze else ()
   stages = []
   if int(t.warmup_epochs) > 0:
-    stages.append(Stage("warmup_head", int(t.warmup_epochs), head_only, bn_frozen))
-  stages.append(Stage("fine_tune", epochs, with_frozen(stage2_frozen, lr2), bn_frozen))
+    stages.append(Stage("warmup_head", int(t.warmup_epochs), head_only, bn))
+  stages.append(Stage("fine_tune", epochs, with_frozen(stage2_frozen, lr2), bn))
   return stages
