@@ -53,14 +53,24 @@ def test_off_a_terminal_no_bars_one_line_per_run_and_the_paths(data, tmp_path, c
 
 def test_on_a_terminal_a_bar_over_runs_and_one_over_epochs_with_loss(data, tmp_path, capsys,
                                                                      monkeypatch):
-  term = _Terminal()
+  term, out = _Terminal(), _Terminal()
   monkeypatch.setattr(sys, "stderr", term)
+  monkeypatch.setattr(sys, "stdout", out)
   compare.run_comparison(_comparison(data), tmp_path)
   err = term.getvalue()
   assert "scratch_lr N=0" in err and "/4" in err      # the bar over the 4 runs
   assert "loss " in err and "val " in err             # the epoch bar's postfix
   # the per-run lines go above the bars, on stdout
-  assert capsys.readouterr().out.count("[tl_jax] scratch_lr N=0 seed") == 2
+  assert out.getvalue().count("[tl_jax] scratch_lr N=0 seed") == 2
+
+
+def test_bars_need_both_streams_on_a_terminal(monkeypatch):
+  from tl_jax import terminal
+  monkeypatch.setattr(sys, "stderr", _Terminal())
+  monkeypatch.setattr(sys, "stdout", io.StringIO())  # `cmd | tee log`: no bars
+  assert not terminal.bars_wanted(True)
+  monkeypatch.setattr(sys, "stdout", _Terminal())
+  assert terminal.bars_wanted(True) and not terminal.bars_wanted(False)
 
 
 def test_command_line_is_runnable_as_written(tmp_path, monkeypatch):

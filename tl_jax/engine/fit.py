@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from tl_jax import terminal
 from tl_jax.errors import ConfigError, NonFiniteLossError, check_choice
 from tl_jax.train import callbacks, jsonl, optim, tensorboard
 
@@ -470,9 +471,9 @@ def fit(segments: Sequence[Segment], data: SeedData, seeds: Sequence[int], init_
   step0 = jnp.zeros((k,), jnp.int32)
   bar_total = sum(s.num_epochs for s in segments)
   from tqdm.auto import tqdm
-  # no bar when stderr is not a terminal (CI, log files): it would only add carriage returns
+  # no bar off a terminal (CI, log files): it would only add carriage returns
   bar = tqdm(total=bar_total, desc=desc or "epochs", leave=False,
-             disable=not cfg.progress or not sys.stderr.isatty())
+             disable=not terminal.bars_wanted(cfg.progress))
   bar.update(sum(s.num_epochs for s in segments[:start_seg]) + start_epoch)
   # workdirs[i]/tensorboard/ rewritten from the restored history, like metrics.jsonl above
   boards = tensorboard.EpochBoards(workdirs, histories)

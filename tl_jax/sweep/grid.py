@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 
-from tl_jax import identity
+from tl_jax import identity, terminal
 from tl_jax.errors import ConfigError
 
 SUMMARY_NAME = "summary.json"
@@ -318,7 +318,7 @@ def run_grid(config: ml_collections.ConfigDict, root: str | os.PathLike,
   from tqdm.auto import tqdm
   # one bar over the runs (the engine adds one over epochs below it); none off a terminal
   bar = tqdm(total=sum(map(len, plan)), unit="run", dynamic_ncols=True,
-             disable=not bool(config.train.get("progress", True)) or not sys.stderr.isatty())
+             disable=not terminal.bars_wanted(config.train.get("progress", True)))
   try:
     for i, unit in enumerate(plan):
       seeds = [c.seed for c in unit]
