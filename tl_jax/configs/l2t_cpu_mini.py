@@ -13,10 +13,11 @@ N = 50 (3 seeds x 2 L2T methods x 200 iterations) did not fit the session.
     python -m tl_jax.analysis.report --runs workdirs/l2t_cpu_mini --out results/l2t_cpu_mini \
         --compare l2t_www,l2t_ww
 
-Numbers it produced (results/l2t_cpu_mini/README.md; test accuracy %, mean ± std over 3 seeds):
-N = 10: scratch 18.33 ± 4.94, UFM 23.31 ± 3.65, L2T-ww 22.79 ± 2.31, L2T-www 24.19 ± 1.51;
-N = 50 (6 epochs): scratch 16.13 ± 1.11, UFM 21.21 ± 2.70, L2T-ww 19.11 ± 1.19, L2T-www
-16.89 ± 1.80. No difference significant (Mann-Whitney, 3 vs 3).
+No numbers are recorded for the current code. The table this config produced on 2026-11-22
+(results/l2t_cpu_mini/, withdrawn) came from code before the training engine, which changed how
+each seed draws its keys (and the thesis config now uses PyTorch's unbiased BN running
+variance), so a rerun gives other numbers. The thesis protocol at N = 10 is in
+results/l2t_cifar10_n10/ (launch/l2t_cifar10_n10_cpu.sh).
 """
 
 import ml_collections

@@ -21,8 +21,9 @@ The whole table (n = 30 seeds per cell) on a GPU host:
     bash launch/gpu_host.sh python launch/sweep.py --config configs/l2t_thesis.py:cifar10 \
         --workdir /runs/l2t_cifar10
     python -m tl_jax.analysis.report --runs /runs/l2t_cifar10 --out results/l2t_cifar10
-No GPU was lent to the session that wrote this, so no full-table numbers exist yet; the CPU
-mini-run (configs/l2t_cpu_mini.py, results/l2t_cpu_mini/) shows the machinery learning.
+No GPU was lent to the sessions that wrote this, so no full-table numbers exist yet; the N = 10
+column at the full protocol runs on a CPU, one seed at a time (launch/l2t_cifar10_n10_cpu.sh,
+results/l2t_cifar10_n10/).
 """
 
 import ml_collections

@@ -1,4 +1,4 @@
-"""Shared building blocks: a Conv that dodges the XLA:CPU small-map trap, BatchNorm, inits.
+"""Shared building blocks: a Conv that dodges XLA:CPU's slow convolutions, BatchNorm, inits.
 
 Why `Conv` exists: on XLA:CPU a 3x3 convolution on a feature map of 2x2 or smaller takes ~1 s
 instead of ~10 ms (see shared/docs/environment.md); so does a stride-2 conv producing such a map.
@@ -7,6 +7,28 @@ convolution as im2col + matmul. Both paths read the same parameters, named and s
 `flax.linen.Conv` ('kernel' HWIO = (kh, kw, cin // groups, features), 'bias' (features,)), so
 weights move freely between `Conv` and `nn.Conv` and between the two paths. The choice is made
 from static shapes at trace time, so it costs nothing under jit.
+
+Conv formulations (all pure functions `f(x, kernel, strides, pads, groups)`, NHWC / HWIO, equal
+to float rounding in value, gradient and second derivatives): `conv_lax` (XLA's convolution),
+`conv_im2col` (patches + matmul), `conv_depthwise_shifts` (depthwise only: a sum of kh*kw
+shifted slices times per-channel weights, i.e. fused multiply-adds XLA:CPU vectorises along
+channels) and `conv_1x1_matmul` (1x1, ungrouped: a strided slice + one matmul). Why several:
+XLA:CPU is slow on some shapes (EfficientNet-Lite0's depthwise convs; see launch/bench_conv.py),
+and which formulation wins depends on the shape and machine. Which one a `Conv` uses:
+  1. `force_im2col=True` -> im2col;
+  2. else an explicit choice for the conv's kind ('depthwise': groups == cin > 1; 'pointwise':
+     1x1 with groups == 1; 'dense': everything else) from the trace-time context
+     `conv_strategy(depthwise=..., pointwise=..., dense=...)`, else from the environment variable
+     `TL_JAX_CONV_IMPL` (e.g. 'depthwise=shifts,pointwise=matmul', or one name for every kind);
+     an explicit choice wins over the small-map rule;
+  3. else 'auto': im2col on outputs of <= `small_map_pixels` pixels (as before, on every backend:
+     VGG-9 sets that threshold per backend itself), otherwise `cpu_conv_impl` on the 'cpu'
+     backend (the per-shape table `CPU_CONV_DEFAULTS`, to be set from measurements; today all
+     'lax', so nothing changes by default) and `conv_lax` on GPU/TPU.
+Like `frozen_batch_norm`, the strategy is read while tracing, and jax caches traces by function
+identity: `jax.jit(f)` (or `jax.make_jaxpr(f)`) of an `f` already traced under another strategy
+reuses the old trace. To compare strategies trace a new function object per strategy (a fresh
+closure, a fresh `make_train_step`).
 
 Dtypes: like every flax layer, `Conv` creates its parameters in `param_dtype` (float32) and
 computes in the promotion of input and parameters, so float32 inputs work under
@@ -25,6 +47,7 @@ import contextlib
 import functools
 import contextvars
 import math
+import os
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import jax
@@ -100,12 +123,196 @@ def conv_lax(x: Array, kernel: Array, strides: Sequence[int], pads: Sequence[tup
       dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
 
 
-class Conv(nn.Module):
-  """2-D convolution with `nn.Conv`'s parameter layout and an im2col path for tiny maps.
+def _out_size(size: int, pad: tuple[int, int], k: int, s: int) -> int:
+  return (size + pad[0] + pad[1] - k) // s + 1
 
-  `small_map_pixels`: outputs with H*W at or below it use im2col + matmul (0 disables it;
-  `force_im2col=True` always uses it, for tests). `padding` is 'SAME' (TF rule), 'VALID', an int,
-  or explicit ((lo, hi), (lo, hi)). `param_dtype` / `dtype` as in `nn.Conv`: parameters are
+
+def conv_depthwise_shifts(x: Array, kernel: Array, strides: Sequence[int],
+                          pads: Sequence[tuple[int, int]], groups: int = 1) -> Array:
+  """Depthwise NHWC conv (groups == cin, kernel (kh, kw, 1, cin * mult)) as a sum over the kh*kw
+  taps of strided slices of the padded input times that tap's per-channel weights.
+
+  Why: XLA:CPU is slow on feature_group_count == cin convolutions and their backward (Lite0
+  trains at ~0.1x PyTorch's speed); written as elementwise multiply-adds the forward should fuse
+  into one loop vectorised along the channel axis, and the gradients are pads and reductions,
+  which differentiate again as plain ops (the L2T meta-gradient needs second order). Whether it
+  is faster depends on the shape: launch/bench_conv.py measures it. Channel multiplier m > 1 (output o reads
+  input o // m, lax's grouping) repeats the input channels first."""
+  kh, kw, cin_g, cout = kernel.shape
+  cin = x.shape[-1]
+  if cin_g != 1 or groups != cin or cout % cin:
+    raise ConfigError("conv_depthwise_shifts.kernel", tuple(kernel.shape),
+                      f"a depthwise kernel (kh, kw, 1, {cin} * m) with groups == {cin}")
+  mult = cout // cin
+  if mult > 1:
+    x = jnp.repeat(x, mult, axis=-1)
+  sh, sw = strides
+  ho, wo = (_out_size(size, p, k, s)
+            for size, p, k, s in zip(x.shape[1:3], pads, (kh, kw), strides))
+  x = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+  w = kernel.reshape(kh, kw, cout)
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      tap = x[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw, :] * w[i, j]
+      out = tap if out is None else out + tap
+  return out
+
+
+def conv_1x1_matmul(x: Array, kernel: Array, strides: Sequence[int],
+                    pads: Sequence[tuple[int, int]], groups: int = 1) -> Array:
+  """1x1 NHWC conv (groups == 1, any stride and pads) as a strided slice + one matmul.
+
+  Why: a 1x1 conv is a matmul over channels; handing XLA a dot_general lets it use its GEMM
+  kernels (and the dot's transposes in the backward) instead of its convolution emitter."""
+  kh, kw, cin, cout = kernel.shape
+  if (kh, kw) != (1, 1) or groups != 1:
+    raise ConfigError("conv_1x1_matmul.kernel", (tuple(kernel.shape), groups),
+                      "a 1x1 kernel with feature_group_count 1")
+  if any(lo or hi for lo, hi in pads):
+    x = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+  sh, sw = strides
+  if (sh, sw) != (1, 1):
+    x = x[:, ::sh, ::sw, :]
+  return x @ kernel.reshape(cin, cout)
+
+
+CONV_FNS: dict[str, Callable[..., Array]] = {
+    "lax": conv_lax, "im2col": conv_im2col, "shifts": conv_depthwise_shifts,
+    "matmul": conv_1x1_matmul}
+CONV_KINDS = ("depthwise", "pointwise", "dense")
+# Formulations valid per kind; 'auto' = the backend default (see the module docstring).
+CONV_CHOICES: dict[str, tuple[str, ...]] = {
+    "depthwise": ("auto", "lax", "im2col", "shifts"),
+    "pointwise": ("auto", "lax", "im2col", "matmul"),
+    "dense": ("auto", "lax", "im2col"),
+}
+# The per-kind XLA:CPU default above the small-map rule. Set these from launch/bench_conv.py
+# measurements (a name of CONV_CHOICES[kind] other than 'auto'); 'lax' everywhere is the
+# behaviour before the other formulations existed, so until measured nothing changes.
+CPU_CONV_DEFAULTS: dict[str, str] = {"depthwise": "lax", "pointwise": "lax", "dense": "lax"}
+CONV_IMPL_ENV = "TL_JAX_CONV_IMPL"
+
+
+def conv_kind(kernel_shape: Sequence[int], groups: int) -> str:
+  """'depthwise' (groups == cin > 1, one input channel per group), 'pointwise' (1x1, groups 1)
+  or 'dense' (the rest, grouped non-depthwise included), from an HWIO kernel shape."""
+  kh, kw, cin_g, _ = kernel_shape
+  if groups > 1 and cin_g == 1:
+    return "depthwise"
+  if (kh, kw) == (1, 1) and groups == 1:
+    return "pointwise"
+  return "dense"
+
+
+def is_small_map(out_hw: Sequence[int], small_map_pixels: int = SMALL_MAP_PIXELS) -> bool:
+  """Whether an output map is small enough for the im2col rule (0 disables it)."""
+  return small_map_pixels > 0 and out_hw[0] * out_hw[1] <= small_map_pixels
+
+
+def cpu_conv_impl(kernel_shape: Sequence[int], groups: int, out_hw: Sequence[int],
+                  strides: Sequence[int], small_map_pixels: int = SMALL_MAP_PIXELS) -> str:
+  """The formulation a conv uses on XLA:CPU by default: im2col for small maps, else the
+  `CPU_CONV_DEFAULTS` entry of its kind. The one place to encode per-shape measurements (a rule
+  on `out_hw` / `strides` can go here)."""
+  del strides  # no measured stride rule yet
+  if is_small_map(out_hw, small_map_pixels):
+    return "im2col"
+  return CPU_CONV_DEFAULTS[conv_kind(kernel_shape, groups)]
+
+
+def default_conv_impl(backend: str, kernel_shape: Sequence[int], groups: int,
+                      out_hw: Sequence[int], strides: Sequence[int],
+                      small_map_pixels: int = SMALL_MAP_PIXELS) -> str:
+  """The 'auto' formulation on `backend`: `cpu_conv_impl` on 'cpu'; elsewhere XLA's convolution,
+  except that the small-map rule still applies there as it always did (the threshold is the
+  caller's: VGG-9 passes SMALL_MAP_PIXELS off CPU, so a model's GPU numerics stay as before)."""
+  if backend == "cpu":
+    return cpu_conv_impl(kernel_shape, groups, out_hw, strides, small_map_pixels)
+  return "im2col" if is_small_map(out_hw, small_map_pixels) else "lax"
+
+
+def _check_strategy(field: str, kind: str, impl: str) -> str:
+  return check_choice(f"{field}.{kind}", impl, CONV_CHOICES[kind])
+
+
+@functools.lru_cache(maxsize=16)
+def parse_conv_impl(spec: str) -> dict[str, str]:
+  """`TL_JAX_CONV_IMPL` text -> {kind: formulation}: 'depthwise=shifts,pointwise=matmul' (kinds
+  not named stay 'auto') or one name for every kind ('lax', 'im2col', 'auto'). Empty -> {}."""
+  spec = spec.strip()
+  if not spec:
+    return {}
+  if "=" not in spec:
+    return {k: _check_strategy(CONV_IMPL_ENV, k, spec) for k in CONV_KINDS}
+  out = {}
+  for item in spec.split(","):
+    kind, sep, impl = (part.strip() for part in item.partition("="))
+    if not sep:
+      raise ConfigError(CONV_IMPL_ENV, spec, "kind=name pairs joined by ',' or one name")
+    check_choice(CONV_IMPL_ENV, kind, CONV_KINDS)
+    out[kind] = _check_strategy(CONV_IMPL_ENV, kind, impl)
+  return out
+
+
+_CONV_STRATEGY: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar(
+    "tl_jax_conv_strategy", default={})
+
+
+@contextlib.contextmanager
+def conv_strategy(default: str | None = None, *, depthwise: str | None = None,
+                  pointwise: str | None = None, dense: str | None = None) -> Iterator[None]:
+  """Within this context (at trace time) every tl_jax `Conv` of the given kind uses the given
+  formulation: `conv_strategy(depthwise="shifts", pointwise="matmul")`. `default` applies to every
+  kind not named (it must be valid for all: 'auto', 'lax' or 'im2col'); None leaves a kind as the
+  enclosing context / `TL_JAX_CONV_IMPL` / backend default has it; 'auto' restores the backend
+  default. Parameters are the same whatever the formulation, so this only changes speed (and
+  float rounding). Why a context, not a field: benchmarks and experiments switch every conv of
+  any model without touching model code. Enter it around the tracing (the first call of a
+  freshly built jitted step): jax caches traces by function identity, so re-jitting a function
+  object already traced elsewhere silently keeps the strategy of that first trace."""
+  given = {"depthwise": depthwise, "pointwise": pointwise, "dense": dense}
+  new = dict(_CONV_STRATEGY.get())
+  for kind in CONV_KINDS:
+    impl = given[kind] if given[kind] is not None else default
+    if impl is not None:
+      new[kind] = _check_strategy("conv_strategy", kind, impl)
+  token = _CONV_STRATEGY.set(new)
+  try:
+    yield
+  finally:
+    _CONV_STRATEGY.reset(token)
+
+
+def conv_strategy_now() -> dict[str, str]:
+  """{kind: formulation} in force now: the `conv_strategy` context over `TL_JAX_CONV_IMPL`,
+  'auto' for kinds set by neither."""
+  out = dict.fromkeys(CONV_KINDS, "auto")
+  out.update(parse_conv_impl(os.environ.get(CONV_IMPL_ENV, "")))
+  out.update(_CONV_STRATEGY.get())
+  return out
+
+
+def select_conv_impl(kernel_shape: Sequence[int], groups: int, out_hw: Sequence[int],
+                     strides: Sequence[int], small_map_pixels: int = SMALL_MAP_PIXELS,
+                     backend: str | None = None) -> str:
+  """The formulation (a key of CONV_FNS) a `Conv` with these static shapes uses now: an explicit
+  choice for its kind (`conv_strategy`, `TL_JAX_CONV_IMPL`), else `default_conv_impl` of
+  `backend` (default: jax's default backend)."""
+  impl = conv_strategy_now()[conv_kind(kernel_shape, groups)]
+  if impl != "auto":
+    return impl
+  return default_conv_impl(backend or jax.default_backend(), kernel_shape, groups, out_hw,
+                           strides, small_map_pixels)
+
+
+class Conv(nn.Module):
+  """2-D convolution with `nn.Conv`'s parameter layout and a choice of formulations (im2col for
+  tiny maps; `conv_strategy` / `TL_JAX_CONV_IMPL` / per-backend defaults, see the module docstring).
+
+  `small_map_pixels`: outputs with H*W at or below it use im2col + matmul unless a formulation is
+  chosen explicitly (0 disables it; `force_im2col=True` always uses im2col, for tests).
+  `padding` is 'SAME' (TF rule), 'VALID', an int, or explicit ((lo, hi), (lo, hi)). `param_dtype` / `dtype` as in `nn.Conv`: parameters are
   created in `param_dtype`; the computation runs in `dtype`, default the promotion of input and
   parameters (lax.conv requires equal dtypes, so both are cast to it).
   """
@@ -139,11 +346,11 @@ class Conv(nn.Module):
             if self.use_bias else None)
     x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
     pads = explicit_padding(self.padding, x.shape[1:3], kernel_size, strides)
-    out_hw = [(size + lo + hi - k) // s + 1
-              for size, (lo, hi), k, s in zip(x.shape[1:3], pads, kernel_size, strides)]
-    small = self.small_map_pixels > 0 and out_hw[0] * out_hw[1] <= self.small_map_pixels
-    fn = conv_im2col if (self.force_im2col or small) else conv_lax
-    y = fn(x, kernel, strides, pads, self.feature_group_count)
+    out_hw = [_out_size(size, p, k, s)
+              for size, p, k, s in zip(x.shape[1:3], pads, kernel_size, strides)]
+    impl = "im2col" if self.force_im2col else select_conv_impl(
+        kernel.shape, self.feature_group_count, out_hw, strides, self.small_map_pixels)
+    y = CONV_FNS[impl](x, kernel, strides, pads, self.feature_group_count)
     if bias is not None:
       y = y + bias
     return y
