@@ -176,12 +176,18 @@ def test_conv_kind():
   assert layers.conv_kind((1, 1, 4, 16), 2) == "dense"  # grouped 1x1: neither formulation
 
 
-def test_defaults_are_todays_behaviour():
-  """Until measured, 'auto' is what Conv did before: im2col on small maps, else XLA's conv."""
-  assert set(layers.CPU_CONV_DEFAULTS.values()) == {"lax"}
-  for backend in ("cpu", "gpu", "tpu"):
+def test_defaults_per_backend():
+  """'auto': im2col on small maps; on CPU the measured table (depthwise as shifts, 1x1 as
+  matmul, dense as XLA's conv); on GPU/TPU XLA's conv."""
+  assert layers.CPU_CONV_DEFAULTS == {"depthwise": "shifts", "pointwise": "matmul",
+                                      "dense": "lax"}
+  assert layers.default_conv_impl("cpu", (3, 3, 1, 8), 8, (7, 7), (1, 1)) == "shifts"
+  assert layers.default_conv_impl("cpu", (1, 1, 8, 8), 1, (7, 7), (1, 1)) == "matmul"
+  assert layers.default_conv_impl("cpu", (3, 3, 8, 8), 1, (7, 7), (1, 1)) == "lax"
+  for backend in ("gpu", "tpu"):
     assert layers.default_conv_impl(backend, (3, 3, 1, 8), 8, (7, 7), (1, 1)) == "lax"
     assert layers.default_conv_impl(backend, (1, 1, 8, 8), 1, (7, 7), (1, 1)) == "lax"
+  for backend in ("cpu", "gpu", "tpu"):
     assert layers.default_conv_impl(backend, (3, 3, 8, 8), 1, (2, 2), (1, 1)) == "im2col"
     assert layers.default_conv_impl(backend, (3, 3, 8, 8), 1, (2, 2), (1, 1), 0) == "lax"
   assert layers.cpu_conv_impl((5, 5, 1, 8), 8, (1, 2), (2, 2)) == "im2col"
@@ -239,14 +245,18 @@ def test_conv_module_dispatches_on_strategy(monkeypatch):
   pw_p = jax.eval_shape(pw.init, _key(0), x)
   dw_fn = lambda: lambda *a: dw.apply(*a)  # a new function per trace (jax caches by identity)
   pw_fn = lambda: lambda *a: pw.apply(*a)
-  assert _impls_in_jaxpr(dw_fn(), dw_p, x)["conv_depthwise"] == 1
-  assert _impls_in_jaxpr(pw_fn(), pw_p, x)["conv_other"] == 1
-  with layers.conv_strategy(depthwise="shifts", pointwise="matmul"):
-    none = {"conv_depthwise": 0, "conv_other": 0}
+  with layers.conv_strategy(depthwise="lax", pointwise="lax"):
+    assert _impls_in_jaxpr(dw_fn(), dw_p, x)["conv_depthwise"] == 1
+    assert _impls_in_jaxpr(pw_fn(), pw_p, x)["conv_other"] == 1
+  none = {"conv_depthwise": 0, "conv_other": 0}
+  if jax.default_backend() == "cpu":  # the CPU defaults: shifts and matmul
     assert _impls_in_jaxpr(dw_fn(), dw_p, x) == dict(none, dot_general=0)
     assert _impls_in_jaxpr(pw_fn(), pw_p, x) == dict(none, dot_general=1)
-  monkeypatch.setenv(layers.CONV_IMPL_ENV, "depthwise=shifts")
-  assert _impls_in_jaxpr(dw_fn(), dw_p, x)["conv_depthwise"] == 0
+  with layers.conv_strategy(depthwise="shifts", pointwise="matmul"):
+    assert _impls_in_jaxpr(dw_fn(), dw_p, x) == dict(none, dot_general=0)
+    assert _impls_in_jaxpr(pw_fn(), pw_p, x) == dict(none, dot_general=1)
+  monkeypatch.setenv(layers.CONV_IMPL_ENV, "depthwise=lax")
+  assert _impls_in_jaxpr(dw_fn(), dw_p, x)["conv_depthwise"] == 1
   # the parameters are nn.Conv's whatever the strategy
   chex.assert_trees_all_equal_shapes(dw_p, jax.eval_shape(
       nn.Conv(6, (3, 3), feature_group_count=6).init, _key(0), x))
@@ -257,7 +267,7 @@ def test_conv_module_dispatches_on_strategy(monkeypatch):
 def test_efficientnet_lite0_same_logits_and_grads_under_new_strategy(monkeypatch):
   """Lite0 at 2x48x48x3 (maps 24, 12, 6, 3, 2: odd SAME pads at stride 2, and small maps that the
   explicit strategy takes from im2col too): logits and every parameter gradient under
-  depthwise=shifts / pointwise=matmul equal the default's to float32 rounding, and the new
+  depthwise=shifts / pointwise=matmul equal XLA's convolutions' to float32 rounding, and the new
   strategy really leaves no depthwise or 1x1 XLA conv in the program."""
   monkeypatch.delenv(layers.CONV_IMPL_ENV, raising=False)
   model = models.create_model("efficientnet_lite0", 10)
@@ -276,8 +286,9 @@ def test_efficientnet_lite0_same_logits_and_grads_under_new_strategy(monkeypatch
       return logits, grads
     return loss_and_grads
 
-  ref = jax.jit(make_loss_and_grads())(variables["params"])
-  assert _impls_in_jaxpr(make_loss_and_grads(), variables["params"])["conv_depthwise"] > 0
+  with layers.conv_strategy("lax"):  # XLA's convolutions everywhere: the reference
+    ref = jax.jit(make_loss_and_grads())(variables["params"])
+    assert _impls_in_jaxpr(make_loss_and_grads(), variables["params"])["conv_depthwise"] > 0
   with layers.conv_strategy(depthwise="shifts", pointwise="matmul"):
     counts = _impls_in_jaxpr(make_loss_and_grads(), variables["params"])
     new = jax.jit(make_loss_and_grads())(variables["params"])

@@ -23,8 +23,8 @@ and which formulation wins depends on the shape and machine. Which one a `Conv` 
      an explicit choice wins over the small-map rule;
   3. else 'auto': im2col on outputs of <= `small_map_pixels` pixels (as before, on every backend:
      VGG-9 sets that threshold per backend itself), otherwise `cpu_conv_impl` on the 'cpu'
-     backend (the per-shape table `CPU_CONV_DEFAULTS`, to be set from measurements; today all
-     'lax', so nothing changes by default) and `conv_lax` on GPU/TPU.
+     backend (the per-kind table `CPU_CONV_DEFAULTS`, set from measurements: depthwise as
+     shifted multiply-adds, 1x1 as matmul, the rest XLA's conv) and `conv_lax` on GPU/TPU.
 Like `frozen_batch_norm`, the strategy is read while tracing, and jax caches traces by function
 identity: `jax.jit(f)` (or `jax.make_jaxpr(f)`) of an `f` already traced under another strategy
 reuses the old trace. To compare strategies trace a new function object per strategy (a fresh
@@ -187,10 +187,12 @@ CONV_CHOICES: dict[str, tuple[str, ...]] = {
     "pointwise": ("auto", "lax", "im2col", "matmul"),
     "dense": ("auto", "lax", "im2col"),
 }
-# The per-kind XLA:CPU default above the small-map rule. Set these from launch/bench_conv.py
-# measurements (a name of CONV_CHOICES[kind] other than 'auto'); 'lax' everywhere is the
-# behaviour before the other formulations existed, so until measured nothing changes.
-CPU_CONV_DEFAULTS: dict[str, str] = {"depthwise": "lax", "pointwise": "lax", "dense": "lax"}
+# The per-kind XLA:CPU default above the small-map rule, from launch/bench_conv.py on the 2-core
+# AVX2 VM (results/benchmarks/conv_cpu2.json, README there): depthwise convs as shifted
+# multiply-adds are 2-13x faster than XLA:CPU's grouped convolution on every EfficientNet-Lite0
+# shape, 1x1 convs as a matmul about 2x; together EfficientNet-Lite0's train step goes from 8.6
+# to 2.0 s. Dense 3x3 convs keep XLA's convolution (im2col loses above 4-pixel maps there).
+CPU_CONV_DEFAULTS: dict[str, str] = {"depthwise": "shifts", "pointwise": "matmul", "dense": "lax"}
 CONV_IMPL_ENV = "TL_JAX_CONV_IMPL"
 
 
