@@ -183,6 +183,7 @@ def test_defaults_per_backend():
                                       "dense": "lax"}
   assert layers.default_conv_impl("cpu", (3, 3, 1, 8), 8, (7, 7), (1, 1)) == "shifts"
   assert layers.default_conv_impl("cpu", (1, 1, 8, 8), 1, (7, 7), (1, 1)) == "matmul"
+  assert layers.default_conv_impl("cpu", (1, 1, 8, 8), 1, (7, 7), (2, 2)) == "lax"  # shortcut
   assert layers.default_conv_impl("cpu", (3, 3, 8, 8), 1, (7, 7), (1, 1)) == "lax"
   for backend in ("gpu", "tpu"):
     assert layers.default_conv_impl(backend, (3, 3, 1, 8), 8, (7, 7), (1, 1)) == "lax"
@@ -249,9 +250,9 @@ def test_conv_module_dispatches_on_strategy(monkeypatch):
     assert _impls_in_jaxpr(dw_fn(), dw_p, x)["conv_depthwise"] == 1
     assert _impls_in_jaxpr(pw_fn(), pw_p, x)["conv_other"] == 1
   none = {"conv_depthwise": 0, "conv_other": 0}
-  if jax.default_backend() == "cpu":  # the CPU defaults: shifts and matmul
+  if jax.default_backend() == "cpu":  # the CPU defaults: shifts; a strided 1x1 stays a conv
     assert _impls_in_jaxpr(dw_fn(), dw_p, x) == dict(none, dot_general=0)
-    assert _impls_in_jaxpr(pw_fn(), pw_p, x) == dict(none, dot_general=1)
+    assert _impls_in_jaxpr(pw_fn(), pw_p, x)["conv_other"] == 1
   with layers.conv_strategy(depthwise="shifts", pointwise="matmul"):
     assert _impls_in_jaxpr(dw_fn(), dw_p, x) == dict(none, dot_general=0)
     assert _impls_in_jaxpr(pw_fn(), pw_p, x) == dict(none, dot_general=1)

@@ -182,7 +182,7 @@ def test_unhonoured_fields_are_errors(setup, tmp_path):
       ({"kt.meta_lr": 0.1}, "ufm", "kt.meta_lr"),
       ({"train.label_smoothing": 0.1}, "l2t_ww", "train.label_smoothing"),
       ({"input.augment": "crop_flip"}, "feature_extraction", "input.augment"),
-      ({"transfer.bn": "frozen"}, "feature_extraction", "transfer.bn"),
+      ({"transfer.bn": "live"}, "feature_extraction", "transfer.bn"),
       ({"transfer.init_from": "/somewhere"}, "scratch", "transfer.init_from"),
       ({"model.head_kwargs.width": 3}, "scratch", "model.head_kwargs"),
   ]

@@ -217,10 +217,14 @@ def cpu_conv_impl(kernel_shape: Sequence[int], groups: int, out_hw: Sequence[int
   """The formulation a conv uses on XLA:CPU by default: im2col for small maps, else the
   `CPU_CONV_DEFAULTS` entry of its kind. The one place to encode per-shape measurements (a rule
   on `out_hw` / `strides` can go here)."""
-  del strides  # no measured stride rule yet
   if is_small_map(out_hw, small_map_pixels):
     return "im2col"
-  return CPU_CONV_DEFAULTS[conv_kind(kernel_shape, groups)]
+  kind = conv_kind(kernel_shape, groups)
+  if kind == "pointwise" and tuple(strides) != (1, 1):
+    # ResNet's strided 1x1 shortcuts: no measurable step gain as matmuls (conv_cpu2.json), and
+    # XLA's conv keeps ResNet-32 (the L2T source) computing exactly as before
+    return "lax"
+  return CPU_CONV_DEFAULTS[kind]
 
 
 def default_conv_impl(backend: str, kernel_shape: Sequence[int], groups: int,
