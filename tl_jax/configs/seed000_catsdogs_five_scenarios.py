@@ -37,10 +37,11 @@ source on 200 CIFAR-10 images per class for 5 epochs instead of 400 epochs; one 
     python -m tl_jax.scenarios.gradcam_panel --config configs/seed000_catsdogs_five_scenarios.py \
         --workdir workdirs/seed000_catsdogs --out results/seed000/gradcam_panel.png
 
-Numbers it produced (results/seed000/README.md; 2-core shared CPU, 25 min; seed 0), test accuracy
-/ macro-F1: source (CIFAR-10) 0.180 / 0.167; 1 scratch 0.500 / 0.333 (20 epochs: 0.500 / 0.350);
-2 TL CIFAR-10 0.550 / 0.546; 3 FT CIFAR-10 0.560 / 0.558; 4 TL ImageNet 0.590 / 0.589;
-5 FT ImageNet 0.635 / 0.635 — near chance at 32x32 and a few hundred steps (see the README).
+Numbers it produced (results/seed000/README.md; commit 1c86d3a, 2-core CPU, 5 min 15 s; seed 0),
+test accuracy / macro-F1: source (CIFAR-10) 0.198 / 0.184; 1 scratch 0.500 / 0.333 (20 epochs:
+0.500 / 0.333); 2 TL CIFAR-10 0.525 / 0.525; 3 FT CIFAR-10 0.545 / 0.539; 4 TL ImageNet
+0.640 / 0.635; 5 FT ImageNet 0.560 / 0.540 - near chance at 32x32 and a few hundred steps
+except the ImageNet base (see the README).
 """
 
 import ml_collections
