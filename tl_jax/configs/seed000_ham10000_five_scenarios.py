@@ -13,7 +13,8 @@ per lesion) and no test split: 15 per class are carved for test and 10 for valid
 split, data.split_seed 0), 35 per class (245) are trained on.
 
 Sources: the seed's same-domain source was a HAM10000 network, i.e. this dataset; there is no
-second dermatology dataset offline, so scenarios 2-3 reuse the cats-vs-dogs run's CIFAR-10 source
+second dermatology dataset offline, so scenarios 2-3 use the cats-vs-dogs run's CIFAR-10 source,
+trained again in this workdir with the same settings
 (same network, 200 images per class, 5 epochs at 32x32): a small-image source from another
 domain, not a same-domain one. Scenarios 4-5 use ImageNet EfficientNet-Lite0.
 
