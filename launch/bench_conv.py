@@ -18,10 +18,10 @@ set from numbers rather than guesses.
    --reps timed calls (block_until_ready); the median is reported. `auto` = the formulation
    `Conv` picks today on CPU. With --torch (default if torch imports), PyTorch's F.conv2d
    fwd+bwd on the same shape (NCHW, torch.set_num_threads(os.cpu_count())) as the target.
-2. Models: the tl_jax train step of launch/benchmark.py (`_jax_runner`: make_train_step + SGD
+2. Models: the tl_jax train step of launch/benchmark.py (`jax_runner`: make_train_step + SGD
    momentum, uint8 batch scaled inside the step), traced under each `layers.conv_strategy` preset
    of --strategies that changes at least one of the model's convs; plus PyTorch's twin step
-   (`_torch_runner`) with --torch. Warm-up: the compiling call + 1; then --reps timed steps.
+   (`torch_runner`) with --torch. Warm-up: the compiling call + 1; then --reps timed steps.
 
 Output: a table on stdout and JSON at --out (meta: command, git commit, versions, CPU, load
 average before/after, TL_JAX_CONV_IMPL / XLA_FLAGS in force). Timings on a loaded machine are
@@ -281,13 +281,13 @@ def main(argv: list[str] | None = None) -> None:
     specs[key] = (name, kwargs, n, shape, batch)
   meta = {"command": "python " + " ".join(shlex.quote(a) for a in [
       os.path.relpath(__file__, ROOT)] + (sys.argv[1:] if argv is None else argv)),
-          "git_commit": bm._git("rev-parse", "HEAD"),
-          "git_dirty": bool(bm._git("status", "--porcelain")),
+          "git_commit": bm.git("rev-parse", "HEAD"),
+          "git_dirty": bool(bm.git("status", "--porcelain")),
           "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-          "hardware": {"cpu": bm._cpu_model(), "cores": os.cpu_count(),
-                       "cpu_flags": bm._cpu_flags()},
-          "versions": bm._versions(), "backend": jax.default_backend(),
-          "loadavg_start": bm._loadavg(), "smoke": args.smoke, "reps": reps,
+          "hardware": {"cpu": bm.cpu_model(), "cores": os.cpu_count(),
+                       "cpu_flags": bm.cpu_flags()},
+          "versions": bm.versions(), "backend": jax.default_backend(),
+          "loadavg_start": bm.loadavg(), "smoke": args.smoke, "reps": reps,
           "env": {k: os.environ.get(k, "") for k in (layers.CONV_IMPL_ENV, "XLA_FLAGS",
                                                       "OMP_WAIT_POLICY", "OMP_NUM_THREADS")},
           "cpu_conv_defaults": dict(layers.CPU_CONV_DEFAULTS),
@@ -300,8 +300,8 @@ def main(argv: list[str] | None = None) -> None:
 
   def save() -> None:
     if args.out:
-      meta["loadavg_end"], meta["wall_s"] = bm._loadavg(), round(time.time() - t0, 1)
-      bm._atomic_write(Path(args.out), json.dumps(dict(
+      meta["loadavg_end"], meta["wall_s"] = bm.loadavg(), round(time.time() - t0, 1)
+      bm.atomic_write(Path(args.out), json.dumps(dict(
           meta, layers=layer_records, model_steps=model_records, errors=errors), indent=1) + "\n")
 
   # ---- 1. per-layer
@@ -366,12 +366,12 @@ def main(argv: list[str] | None = None) -> None:
   for key, (name, kwargs, n, shape, batch) in specs.items():
     if not strategies:
       break
-    # _jax_runner / _torch_runner read launch/benchmark.py's SPECS; smoke shapes go in a copy.
+    # jax_runner / torch_runner read launch/benchmark.py's SPECS; smoke shapes go in a copy.
     bm.SPECS = dict(bm.SPECS, **{key: (name, kwargs, n, tuple(shape), batch, 1)})
     torch_rec = None
     if use_torch and kwargs == MODELS[key][1]:  # (the twin has no cut-down smoke variant)
       try:
-        run = bm._torch_runner(key, batch, "fp32")
+        run = bm.torch_runner(key, batch, "fp32")
         torch_rec = _time(run, reps)
         model_records.append({"model": key, "strategy": "pytorch", "batch": batch, **torch_rec})
       except Exception as e:  # noqa: BLE001
@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
         continue  # changes none of this model's convs: the same program as 'auto'
       try:
         with layers.conv_strategy(**STRATEGIES[s]):
-          run = bm._jax_runner(key, batch, "float32")  # a fresh jitted step per strategy
+          run = bm.jax_runner(key, batch, "float32")  # a fresh jitted step per strategy
           rec = _time(run, reps)  # its first call traces it, inside the context
       except Exception as e:  # noqa: BLE001
         errors.append({"model": key, "strategy": s, "error": repr(e)[:500]})

@@ -103,7 +103,10 @@ class _CastModel:
     return logits.astype(jnp.float32), feats
 
 
-def _jax_runner(key: str, batch: int, dtype: str):
+def jax_step_setup(key: str, batch: int, dtype: str = "float32", jit: bool = True):
+  """(step, state, data, rng) of the tl_jax train step of model `key` (SPECS): make_train_step +
+  SGD momentum, a random uint8 batch scaled inside the step; `jit=False` for use inside a
+  caller's own loop (launch/bench_loop.py)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -120,10 +123,15 @@ def _jax_runner(key: str, batch: int, dtype: str):
   tx = make_optimizer({"name": "sgd", "lr": 0.01, "momentum": 0.9}, 100, 1, variables["params"])
   state = TrainState.create(model.apply, variables["params"], variables.get("batch_stats"), tx)
   step_model = model if dtype == "float32" else _CastModel(model, jnp.dtype(dtype))
-  step = make_train_step(step_model)
+  step = make_train_step(step_model, jit=jit)
   data = {"image": jnp.asarray(rng.integers(0, 256, (batch,) + shape, dtype=np.uint8)),
           "label": jnp.asarray(rng.integers(0, n, (batch,), dtype=np.int32))}
-  key_ = jax.random.key(1)
+  return step, state, data, jax.random.key(1)
+
+
+def jax_runner(key: str, batch: int, dtype: str):
+  import jax
+  step, state, data, key_ = jax_step_setup(key, batch, dtype)
   box = [state]
 
   def run() -> float:
@@ -135,7 +143,7 @@ def _jax_runner(key: str, batch: int, dtype: str):
   return run
 
 
-def _torch_runner(key: str, batch: int, mode: str):
+def torch_runner(key: str, batch: int, mode: str):
   import contextlib
   import numpy as np
   import torch
@@ -170,7 +178,7 @@ def _torch_runner(key: str, batch: int, mode: str):
   return run
 
 
-def _summary(times: list[float], batch: int) -> dict:
+def summary(times: list[float], batch: int) -> dict:
   import numpy as np
   ips = batch / np.asarray(times)
   q1, med, q3 = np.percentile(ips, [25, 50, 75])
@@ -200,8 +208,8 @@ def run_worker(args) -> None:
     runners, times, first = {}, {}, {}
     try:
       for fw in frameworks:
-        runners[fw] = (_jax_runner(key, batch, dtype) if fw == "jax"
-                       else _torch_runner(key, batch, torch_mode))
+        runners[fw] = (jax_runner(key, batch, dtype) if fw == "jax"
+                       else torch_runner(key, batch, torch_mode))
         warm = [runners[fw]() for _ in range(args.warmup)]
         first[fw], times[fw] = warm[0], []
       for r in range(args.repeats):
@@ -220,15 +228,15 @@ def run_worker(args) -> None:
              "dtype": dtype if fw == "jax" else torch_mode, "batch": batch,
              "input_shape_nhwc": [batch, *shape], "warmup_steps": args.warmup,
              "timed_steps": len(times[fw]), "first_step_s": first[fw]}
-      rec.update(_summary(times[fw], batch))
+      rec.update(summary(times[fw], batch))
       records.append(rec)
-    _atomic_write(Path(args.worker_out), json.dumps({"records": records, "errors": errors}))
+    atomic_write(Path(args.worker_out), json.dumps({"records": records, "errors": errors}))
   bar.close()
-  _atomic_write(Path(args.worker_out), json.dumps({"records": records, "errors": errors}))
+  atomic_write(Path(args.worker_out), json.dumps({"records": records, "errors": errors}))
 
 
 # ----------------------------------------------------------------------------- driver side
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   with os.fdopen(fd, "w") as f:
@@ -236,7 +244,7 @@ def _atomic_write(path: Path, text: str) -> None:
   os.replace(tmp, path)
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
   try:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
       if line.startswith("model name"):
@@ -246,7 +254,7 @@ def _cpu_model() -> str:
   return platform.processor() or platform.machine()
 
 
-def _cpu_flags() -> list[str]:
+def cpu_flags() -> list[str]:
   try:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
       if line.startswith("flags"):
@@ -257,14 +265,14 @@ def _cpu_flags() -> list[str]:
   return []
 
 
-def _loadavg() -> list[float]:
+def loadavg() -> list[float]:
   try:
     return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
   except OSError:
     return []
 
 
-def _git(*cmd: str) -> str:
+def git(*cmd: str) -> str:
   try:
     return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True,
                           check=True).stdout.strip()
@@ -272,7 +280,7 @@ def _git(*cmd: str) -> str:
     return "unknown"
 
 
-def _versions() -> dict:
+def versions() -> dict:
   from importlib import metadata
   out = {"python": platform.python_version()}
   for pkg in ("jax", "jaxlib", "flax", "optax", "torch", "numpy"):
@@ -361,23 +369,23 @@ def main(argv: list[str] | None = None) -> None:
     print("warning: fewer than 3 warm-up or 10 timed steps: not a reportable run", file=sys.stderr)
 
   from tqdm import tqdm
-  cpu, cores = _cpu_model(), os.cpu_count() or 1
+  cpu, cores = cpu_model(), os.cpu_count() or 1
   meta = {"command": "python " + " ".join(shlex.quote(a) for a in [
       os.path.relpath(__file__, ROOT)] + (sys.argv[1:] if argv is None else argv)),
-          "git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(_git("status", "--porcelain")),
+          "git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain")),
           "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-          "hardware": {"cpu": cpu, "cores": cores, "cpu_flags": _cpu_flags(),
+          "hardware": {"cpu": cpu, "cores": cores, "cpu_flags": cpu_flags(),
                        "platform": platform.platform()},
-          "versions": _versions(), "loadavg_start": _loadavg(),
+          "versions": versions(), "loadavg_start": loadavg(),
           "env_XLA_FLAGS_ignored": os.environ.get("XLA_FLAGS", "")}
   records, errors, t0 = [], [], time.time()
   out, slug = Path(args.out), hardware_slug(cpu, cores)
 
   def save() -> None:  # after every variant, so an interrupted run keeps what it measured
-    meta["loadavg_end"], meta["wall_s"] = _loadavg(), round(time.time() - t0, 1)
-    _atomic_write(out / f"{slug}.json", json.dumps(dict(meta, records=records, errors=errors),
+    meta["loadavg_end"], meta["wall_s"] = loadavg(), round(time.time() - t0, 1)
+    atomic_write(out / f"{slug}.json", json.dumps(dict(meta, records=records, errors=errors),
                                                    indent=1) + "\n")
-    _atomic_write(out / f"{slug}.md", _markdown(meta, records, errors) + "\n")
+    atomic_write(out / f"{slug}.md", _markdown(meta, records, errors) + "\n")
 
   # Jobs (variant, models): under a time budget the cheap comparisons come first.
   small = [m for m in args.models.split(",") if SPECS[m][3][0] <= 64]

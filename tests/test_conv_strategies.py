@@ -1,5 +1,5 @@
-"""Conv formulations (layers.conv_depthwise_shifts / conv_1x1_matmul / conv_im2col) equal
-`conv_lax` in value, gradients and Hessian-vector products; strategy selection (context, env var,
+"""Conv formulations (layers.conv_depthwise_shifts / conv_1x1_matmul / conv_im2col /
+conv_lax_loopsafe) equal `conv_lax` in value, gradients and Hessian-vector products; strategy selection (context, env var,
 backend defaults) and a whole EfficientNet-Lite0 under the new strategy.
 
 Why second order: the L2T meta-gradient differentiates through every conv twice, so a formulation
@@ -121,6 +121,82 @@ def test_formulations_equal_lax_in_float64(impl, kind, case):
     _compare(impl, kind, case, jnp.float64, 1e-12)
 
 
+# (hw, k, stride, padding, cin, cout): dense cases for the loop-safe derivatives.
+DENSE = [
+    ((7, 7), 3, 1, "SAME", 4, 6),
+    ((7, 9), 3, 2, "SAME", 4, 6),        # odd sizes, TF 'SAME'
+    ((9, 6), 5, 1, "VALID", 3, 5),
+    ((6, 7), 3, 2, ((2, 0), (1, 2)), 4, 3),  # explicit asymmetric pads
+    ((11, 11), 3, 2, "VALID", 3, 4),     # a stride that leaves the last row/column unread
+    ((7, 7), 1, 2, "SAME", 4, 6),        # ResNet's strided 1x1 shortcut
+]
+
+
+def _dense_case(case, dtype):
+  hw, k, s, padding, cin, cout = case
+  x = jax.random.normal(_key(1), (2,) + hw + (cin,), dtype)
+  kernel = jax.random.normal(_key(2), (k, k, cin, cout), dtype)
+  return x, kernel, (s, s), layers.explicit_padding(padding, hw, (k, k), (s, s))
+
+
+def _derivatives_reverse(fn, x, kernel, strides, pads):
+  """value, gradient and a Hessian-vector product as reverse over reverse (the grad of <grad,
+  v>), which is how the L2T meta-gradient differentiates twice; `conv_nhwc` has no forward
+  mode (custom_vjp), so `_derivatives`' jvp does not apply."""
+
+  def loss(x, k):
+    y = fn(x, k, strides, pads, 1)
+    return jnp.sum(jnp.sin(y) * jnp.cos(0.5 * y))
+
+  v = (jax.random.normal(_key(3), x.shape, x.dtype),
+       jax.random.normal(_key(4), kernel.shape, kernel.dtype))
+  grad = jax.grad(loss, argnums=(0, 1))
+  hvp = jax.grad(lambda x, k: sum(jnp.vdot(g, d) for g, d in zip(grad(x, k), v)),
+                 argnums=(0, 1))
+  return fn(x, kernel, strides, pads, 1), grad(x, kernel), hvp(x, kernel)
+
+
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.float64, 1e-12)])
+@pytest.mark.parametrize("case", DENSE)
+def test_loopsafe_equals_lax(case, dtype, tol):
+  with jax.enable_x64(dtype == jnp.float64):
+    x, kernel, strides, pads = _dense_case(case, dtype)
+    ref = jax.jit(lambda x, k: _derivatives_reverse(layers.conv_lax, x, k, strides, pads))(
+        x, kernel)
+    out = jax.jit(lambda x, k: _derivatives_reverse(layers.conv_lax_loopsafe, x, k, strides,
+                                                    pads))(x, kernel)
+    assert out[0].dtype == dtype
+    assert_close_scaled(out, ref, rtol=tol, scaled_atol=tol / 10)
+
+
+def _loop_conv_layouts(fn) -> list[str]:
+  """dim_labels of every convolution XLA compiles for a lax.scan of SGD steps (first and second
+  derivatives) through `fn`: what the engine's epoch loop looks like to XLA."""
+  import re
+  pads = ((1, 1), (1, 1))
+  loss = lambda w, x: jnp.sum(jnp.tanh(fn(x, w, (1, 1), pads)))  # noqa: E731
+
+  def step(w, x):
+    g = jax.grad(loss)(w, x)
+    return w - 0.1 * g - 0.01 * jax.grad(lambda w: jnp.vdot(jax.grad(loss)(w, x), g))(w), None
+
+  w, xs = jnp.ones((3, 3, 4, 8)), jnp.ones((3, 2, 6, 6, 4))
+  text = jax.jit(lambda w, xs: jax.lax.scan(step, w, xs)[0]).lower(w, xs).compile().as_text()
+  return re.findall(r"convolution\(.*?dim_labels=(\S+?),", text)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU layout property")
+def test_loopsafe_convs_stay_canonical_inside_a_scan():
+  """Why `conv_lax_loopsafe` is the CPU default: inside a while loop XLA:CPU leaves jax's kernel
+  gradient in a layout its fast kernels do not take (40-80x slower). Every convolution of the
+  loop-safe version, to second order, is in the canonical NHWC/HWIO layout; plain `conv_lax`'s
+  is not (so the check can fail)."""
+  canonical = "b01f_01io->b01f"
+  safe = _loop_conv_layouts(layers.conv_lax_loopsafe)
+  assert len(safe) >= 3 and set(safe) == {canonical}, safe
+  assert set(_loop_conv_layouts(layers.conv_lax)) != {canonical}
+
+
 def test_comparison_detects_a_wrong_tap_order():
   """The tolerance above is tight enough to catch a plausible bug (a spatially flipped kernel,
   i.e. correlation vs convolution), so the equality tests can fail."""
@@ -180,17 +256,18 @@ def test_defaults_per_backend():
   """'auto': im2col on small maps; on CPU the measured table (depthwise as shifts, 1x1 as
   matmul, dense as XLA's conv); on GPU/TPU XLA's conv."""
   assert layers.CPU_CONV_DEFAULTS == {"depthwise": "shifts", "pointwise": "matmul",
-                                      "dense": "lax"}
+                                      "dense": "lax_loopsafe"}
   assert layers.default_conv_impl("cpu", (3, 3, 1, 8), 8, (7, 7), (1, 1)) == "shifts"
   assert layers.default_conv_impl("cpu", (1, 1, 8, 8), 1, (7, 7), (1, 1)) == "matmul"
-  assert layers.default_conv_impl("cpu", (1, 1, 8, 8), 1, (7, 7), (2, 2)) == "lax"  # shortcut
-  assert layers.default_conv_impl("cpu", (3, 3, 8, 8), 1, (7, 7), (1, 1)) == "lax"
+  assert layers.default_conv_impl("cpu", (1, 1, 8, 8), 1, (7, 7), (2, 2)) == "lax_loopsafe"
+  assert layers.default_conv_impl("cpu", (3, 3, 8, 8), 1, (7, 7), (1, 1)) == "lax_loopsafe"
   for backend in ("gpu", "tpu"):
     assert layers.default_conv_impl(backend, (3, 3, 1, 8), 8, (7, 7), (1, 1)) == "lax"
     assert layers.default_conv_impl(backend, (1, 1, 8, 8), 1, (7, 7), (1, 1)) == "lax"
   for backend in ("cpu", "gpu", "tpu"):
     assert layers.default_conv_impl(backend, (3, 3, 8, 8), 1, (2, 2), (1, 1)) == "im2col"
-    assert layers.default_conv_impl(backend, (3, 3, 8, 8), 1, (2, 2), (1, 1), 0) == "lax"
+    assert layers.default_conv_impl(backend, (3, 3, 8, 8), 1, (2, 2), (1, 1), 0) == (
+        "lax_loopsafe" if backend == "cpu" else "lax")
   assert layers.cpu_conv_impl((5, 5, 1, 8), 8, (1, 2), (2, 2)) == "im2col"
 
 

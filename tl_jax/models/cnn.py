@@ -20,7 +20,7 @@ from flax import linen as nn
 import jax
 
 from tl_jax.errors import ConfigError
-from tl_jax.models.layers import batch_norm, max_pool
+from tl_jax.models.layers import Conv, batch_norm, max_pool
 
 KERAS_BN = dict(momentum=0.99, epsilon=1e-3)  # Keras BatchNormalization defaults
 
@@ -42,7 +42,7 @@ class Seed003CNN(nn.Module):
     feats = {}
 
     def unit(x, ch, name):
-      x = nn.Conv(ch, (3, 3), padding="SAME", use_bias=not self.batch_norm, name=name)(x)
+      x = Conv(ch, (3, 3), padding="SAME", use_bias=not self.batch_norm, name=name)(x)
       if self.batch_norm:
         x = batch_norm(train, name + "_bn", **KERAS_BN)(x)
       return nn.relu(x)

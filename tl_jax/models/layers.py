@@ -10,6 +10,8 @@ from static shapes at trace time, so it costs nothing under jit.
 
 Conv formulations (all pure functions `f(x, kernel, strides, pads, groups)`, NHWC / HWIO, equal
 to float rounding in value, gradient and second derivatives): `conv_lax` (XLA's convolution),
+`conv_lax_loopsafe` (the same, with every derivative a convolution in XLA:CPU's canonical
+layout, so that it stays fast inside `lax.scan` / `lax.map`: see `conv_nhwc`),
 `conv_im2col` (patches + matmul), `conv_depthwise_shifts` (depthwise only: a sum of kh*kw
 shifted slices times per-channel weights, i.e. fused multiply-adds XLA:CPU vectorises along
 channels) and `conv_1x1_matmul` (1x1, ungrouped: a strided slice + one matmul). Why several:
@@ -24,7 +26,8 @@ and which formulation wins depends on the shape and machine. Which one a `Conv` 
   3. else 'auto': im2col on outputs of <= `small_map_pixels` pixels (as before, on every backend:
      VGG-9 sets that threshold per backend itself), otherwise `cpu_conv_impl` on the 'cpu'
      backend (the per-kind table `CPU_CONV_DEFAULTS`, set from measurements: depthwise as
-     shifted multiply-adds, 1x1 as matmul, the rest XLA's conv) and `conv_lax` on GPU/TPU.
+     shifted multiply-adds, 1x1 as matmul, the rest XLA's conv with loop-safe derivatives,
+     `conv_lax_loopsafe`) and `conv_lax` on GPU/TPU.
 Like `frozen_batch_norm`, the strategy is read while tracing, and jax caches traces by function
 identity: `jax.jit(f)` (or `jax.make_jaxpr(f)`) of an `f` already traced under another strategy
 reuses the old trace. To compare strategies trace a new function object per strategy (a fresh
@@ -123,6 +126,68 @@ def conv_lax(x: Array, kernel: Array, strides: Sequence[int], pads: Sequence[tup
       dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
 
 
+_NHWC_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _dilated(size: int, d: int) -> int:
+  return 0 if size == 0 else 1 + d * (size - 1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def conv_nhwc(x: Array, kernel: Array, strides: tuple[int, int],
+              pads: tuple[tuple[int, int], tuple[int, int]],
+              lhs_dilation: tuple[int, int] = (1, 1),
+              rhs_dilation: tuple[int, int] = (1, 1)) -> Array:
+  """`lax.conv_general_dilated` in NHWC / HWIO / NHWC (groups 1) whose derivatives of every order
+  are again `conv_nhwc` calls, i.e. convolutions in that same layout on transposed operands.
+
+  Why: XLA:CPU rewrites a convolution into its fast kernel only when it can bring the operands
+  into this layout; in a while-loop body (every `lax.scan` / `lax.map`: the engine's epoch and
+  seed loops) it does not do so for the kernel gradient jax emits (dim_labels f01b_i01o->01bf),
+  which then runs as a naive loop: 350-430 ms instead of 5-10 ms for a 3x3 16->16 conv on
+  64x32x32 (whole models: launch/bench_loop.py, results/benchmarks/). Here the transposes are
+  explicit, so the convolution XLA sees is always the canonical one. The rules are jax's own transpose rules
+  (lhs: the flipped, in/out-swapped kernel over the stride-dilated cotangent; rhs: the input with
+  batch and feature swapped against the cotangent as kernel), so values are the same to rounding.
+  Forward-mode (jvp) is not defined (custom_vjp); reverse over reverse is, to any order."""
+  return jax.lax.conv_general_dilated(x, kernel, strides, pads, lhs_dilation, rhs_dilation,
+                                      _NHWC_DN)
+
+
+def _conv_nhwc_fwd(x, kernel, strides, pads, lhs_dilation, rhs_dilation):
+  return conv_nhwc(x, kernel, strides, pads, lhs_dilation, rhs_dilation), (x, kernel)
+
+
+def _conv_nhwc_bwd(strides, pads, lhs_dilation, rhs_dilation, res, g):
+  x, kernel = res
+  in_d = [_dilated(n, d) for n, d in zip(x.shape[1:3], lhs_dilation)]
+  k_d = [_dilated(n, d) for n, d in zip(kernel.shape[:2], rhs_dilation)]
+  out_d = [_dilated(n, s) for n, s in zip(g.shape[1:3], strides)]
+  lo = [p[0] for p in pads]
+  before = [k - l - 1 for k, l in zip(k_d, lo)]
+  after = [i + k - 1 - o - b for i, k, o, b in zip(in_d, k_d, out_d, before)]
+  k_t = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+  dx = conv_nhwc(g, k_t, tuple(lhs_dilation), tuple(zip(before, after)), tuple(strides),
+                 tuple(rhs_dilation))
+  hi = [(o - i) + (k - l - 1) for o, i, k, l in zip(out_d, in_d, k_d, lo)]
+  dk = conv_nhwc(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), tuple(rhs_dilation),
+                 tuple(zip(lo, hi)), tuple(lhs_dilation), tuple(strides))
+  return dx.astype(x.dtype), dk.transpose(1, 2, 0, 3).astype(kernel.dtype)
+
+
+conv_nhwc.defvjp(_conv_nhwc_fwd, _conv_nhwc_bwd)
+
+
+def conv_lax_loopsafe(x: Array, kernel: Array, strides: Sequence[int],
+                      pads: Sequence[tuple[int, int]], groups: int = 1) -> Array:
+  """XLA's convolution with loop-safe derivatives (`conv_nhwc`); grouped convs (groups > 1)
+  fall back to `conv_lax`."""
+  if groups != 1:
+    return conv_lax(x, kernel, strides, pads, groups)
+  return conv_nhwc(x, kernel, tuple(int(s) for s in strides),
+                   tuple((int(lo), int(hi)) for lo, hi in pads))
+
+
 def _out_size(size: int, pad: tuple[int, int], k: int, s: int) -> int:
   return (size + pad[0] + pad[1] - k) // s + 1
 
@@ -178,21 +243,24 @@ def conv_1x1_matmul(x: Array, kernel: Array, strides: Sequence[int],
 
 
 CONV_FNS: dict[str, Callable[..., Array]] = {
-    "lax": conv_lax, "im2col": conv_im2col, "shifts": conv_depthwise_shifts,
-    "matmul": conv_1x1_matmul}
+    "lax": conv_lax, "lax_loopsafe": conv_lax_loopsafe, "im2col": conv_im2col,
+    "shifts": conv_depthwise_shifts, "matmul": conv_1x1_matmul}
 CONV_KINDS = ("depthwise", "pointwise", "dense")
 # Formulations valid per kind; 'auto' = the backend default (see the module docstring).
 CONV_CHOICES: dict[str, tuple[str, ...]] = {
     "depthwise": ("auto", "lax", "im2col", "shifts"),
-    "pointwise": ("auto", "lax", "im2col", "matmul"),
-    "dense": ("auto", "lax", "im2col"),
+    "pointwise": ("auto", "lax", "lax_loopsafe", "im2col", "matmul"),
+    "dense": ("auto", "lax", "lax_loopsafe", "im2col"),
 }
 # The per-kind XLA:CPU default above the small-map rule, from launch/bench_conv.py on the 2-core
 # AVX2 VM (results/benchmarks/conv_cpu2.json, README there): depthwise convs as shifted
 # multiply-adds are 2-13x faster than XLA:CPU's grouped convolution on every EfficientNet-Lite0
 # shape, 1x1 convs as a matmul about 2x; together EfficientNet-Lite0's train step goes from 8.6
-# to 2.0 s. Dense 3x3 convs keep XLA's convolution (im2col loses above 4-pixel maps there).
-CPU_CONV_DEFAULTS: dict[str, str] = {"depthwise": "shifts", "pointwise": "matmul", "dense": "lax"}
+# to 2.0 s. Dense 3x3 convs keep XLA's convolution (im2col loses above 4-pixel maps there), with
+# loop-safe derivatives (`conv_nhwc`): inside the engine's epoch scan XLA:CPU's own kernel gradient
+# runs 40-80x slower.
+CPU_CONV_DEFAULTS: dict[str, str] = {"depthwise": "shifts", "pointwise": "matmul",
+                                     "dense": "lax_loopsafe"}
 CONV_IMPL_ENV = "TL_JAX_CONV_IMPL"
 
 
@@ -221,9 +289,9 @@ def cpu_conv_impl(kernel_shape: Sequence[int], groups: int, out_hw: Sequence[int
     return "im2col"
   kind = conv_kind(kernel_shape, groups)
   if kind == "pointwise" and tuple(strides) != (1, 1):
-    # ResNet's strided 1x1 shortcuts: no measurable step gain as matmuls (conv_cpu2.json), and
-    # XLA's conv keeps ResNet-32 (the L2T source) computing exactly as before
-    return "lax"
+    # ResNet's strided 1x1 shortcuts: no measurable step gain as matmuls (conv_cpu2.json); XLA's
+    # conv (with loop-safe derivatives) keeps ResNet-32 (the L2T source) computing as before
+    return "lax_loopsafe"
   return CPU_CONV_DEFAULTS[kind]
 
 

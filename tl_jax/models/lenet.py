@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from tl_jax.errors import ConfigError, check_choice
-from tl_jax.models.layers import max_pool
+from tl_jax.models.layers import Conv, max_pool
 
 VARIANTS = ("classic", "modern")
 
@@ -40,10 +40,10 @@ class LeNet5(nn.Module):
     act = jnp.tanh if classic else nn.relu
     pool = nn.avg_pool if classic else max_pool
     feats = {}
-    x = act(nn.Conv(6, (5, 5), padding="VALID", name="conv1")(x))
+    x = act(Conv(6, (5, 5), padding="VALID", name="conv1")(x))
     x = pool(x, (2, 2), (2, 2))
     feats["block1"] = x
-    x = act(nn.Conv(16, (5, 5), padding="VALID", name="conv2")(x))
+    x = act(Conv(16, (5, 5), padding="VALID", name="conv2")(x))
     x = pool(x, (2, 2), (2, 2))
     feats["block2"] = x
     x = x.reshape(x.shape[0], -1)
