@@ -4,6 +4,7 @@
     python launch/bench_sweep.py --method scratch --k 8 [--batch 128] [--epochs 4]
     python launch/bench_sweep.py --method l2t_ww --k 8 --epochs 2
     python launch/bench_sweep.py --flops                    # XLA cost analysis, every method
+    python launch/bench_sweep.py --method scratch --k 4 --modes map,two_procs   # 1 vs 2 processes
 
 The thesis shapes: VGG-9 target at 32x32, batch 128 (one full batch per epoch, as N = 10 per
 class gives 100 images), 15 pairs from a ResNet-32 source for L2T (random weights: timing does
@@ -31,7 +32,9 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-MODES = ("vmap", "map", "separate")
+MODES = ("vmap", "map", "separate", "two_procs")
+# two_procs: two processes at once, each pinned to one core (taskset) with half the seeds as one
+# lax.map program - the alternative to one process using both cores for K seeds
 METHODS = ("scratch", "ufm", "l2t_ww", "l2t_www")
 
 
@@ -134,6 +137,43 @@ def flops(batch: int) -> dict:
   return out
 
 
+def run_child(args, mode: str, k: int, cache: str, cpu: int | None = None,
+              wait: bool = True):
+  """Runs one measurement in a subprocess (pinned to core `cpu` when given); its result dict,
+  or the Popen when wait=False."""
+  cmd = [sys.executable, __file__, "--method", args.method, "--k", str(k), "--batch",
+         str(args.batch), "--epochs", str(args.epochs), "--mode", mode, "--cache_dir", cache]
+  if cpu is not None:
+    cmd = ["taskset", "-c", str(cpu)] + cmd
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=ROOT)
+  return collect(proc) if wait else proc
+
+
+def collect(proc) -> dict | None:
+  out, err = proc.communicate()
+  line = [x for x in out.splitlines() if x.startswith("RESULT ")]
+  if proc.returncode or not line:
+    print(err[-3000:], file=sys.stderr)
+    return None
+  return json.loads(line[0][len("RESULT "):])
+
+
+def two_procs(args, cache: str) -> dict | None:
+  """K/2 seeds in each of two processes at once, one core each: throughput = the sum."""
+  if args.k % 2:
+    print(f"error: --k: got {args.k}; allowed: an even number for two_procs", file=sys.stderr)
+    return None
+  procs = [run_child(args, "map", args.k // 2, cache, cpu=i, wait=False) for i in range(2)]
+  parts = [collect(p) for p in procs]
+  if any(p is None for p in parts):
+    return None
+  return {"method": args.method, "mode": "two_procs", "k": args.k, "batch": args.batch,
+          "median_epoch_s": max(p["median_epoch_s"] for p in parts),
+          "images_per_s": sum(p["images_per_s"] for p in parts),
+          "peak_rss_mib": sum(p["peak_rss_mib"] for p in parts), "processes": parts}
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--method", default="scratch", choices=METHODS)
@@ -161,14 +201,12 @@ def main(argv=None):
   else:
     cache = tempfile.mkdtemp(prefix="tl_jax_bench_cache_")
     for mode in args.modes.split(","):
-      cmd = [sys.executable, __file__, "--method", args.method, "--k", str(args.k), "--batch",
-             str(args.batch), "--epochs", str(args.epochs), "--mode", mode, "--cache_dir", cache]
-      proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-      line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-      if proc.returncode or not line:
-        print(proc.stderr[-3000:], file=sys.stderr)
+      if mode not in MODES:
+        print(f"error: --modes: got {mode!r}; allowed: {', '.join(MODES)}", file=sys.stderr)
+        return 2
+      r = two_procs(args, cache) if mode == "two_procs" else run_child(args, mode, args.k, cache)
+      if r is None:
         return 1
-      r = json.loads(line[0][len("RESULT "):])
       print(f"{args.method} K={args.k} {mode:>8s}: {r['median_epoch_s']:.2f} s per epoch of all "
             f"seeds ({r['images_per_s']:.1f} img/s), peak RSS {r['peak_rss_mib']:.0f} MiB",
             flush=True)
