@@ -1,6 +1,7 @@
 """Conv formulations (layers.conv_depthwise_shifts / conv_1x1_matmul / conv_im2col /
-conv_lax_loopsafe) equal `conv_lax` in value, gradients and Hessian-vector products; strategy selection (context, env var,
-backend defaults) and a whole EfficientNet-Lite0 under the new strategy.
+conv_lax_loopsafe) equal `conv_lax` in value, gradients and Hessian-vector products; strategy
+selection (context, env var, backend defaults) and a whole EfficientNet-Lite0 under the new
+strategy.
 
 Why second order: the L2T meta-gradient differentiates through every conv twice, so a formulation
 whose first derivative matches but whose second does not would silently corrupt it.

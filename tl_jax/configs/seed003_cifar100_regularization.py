@@ -24,9 +24,9 @@ step train until validation stops improving (with a fixed 8 epochs every run was
 improving, which said nothing about regularisation); patience 6 because the BatchNorm runs'
 validation accuracy lags for the first epochs (Keras momentum 0.99); at most 40 epochs for the
 CPU time (a run still improving then is flagged in the table). Nothing was tuned on test.
-Numbers it produced (commit 2d8f630, 2-core CPU, ~30 min quiet; test accuracy, mean ± sd of 3
-seeds): baseline 23.9 ± 1.4 %, +dropout 28.7 ± 1.6, +batchnorm 34.8 ± 0.8, +augmentation
-39.2 ± 0.8 (the last ran the 40-epoch cap); results/seed003/README.md.
+Numbers it produced (commit 2d8f630, 2-core CPU, 60 min beside the test suite; test
+accuracy, mean ± sd of 3 seeds): baseline 23.9 ± 1.4 %, +dropout 28.7 ± 1.6, +batchnorm
+34.8 ± 0.8, +augmentation 39.2 ± 0.8 (the last ran the 40-epoch cap); results/seed003/README.md.
 """
 
 import ml_collections

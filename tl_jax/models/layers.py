@@ -146,9 +146,10 @@ def conv_nhwc(x: Array, kernel: Array, strides: tuple[int, int],
   seed loops) it does not do so for the kernel gradient jax emits (dim_labels f01b_i01o->01bf),
   which then runs as a naive loop: 350-430 ms instead of 5-10 ms for a 3x3 16->16 conv on
   64x32x32 (whole models: launch/bench_loop.py, results/benchmarks/). Here the transposes are
-  explicit, so the convolution XLA sees is always the canonical one. The rules are jax's own transpose rules
-  (lhs: the flipped, in/out-swapped kernel over the stride-dilated cotangent; rhs: the input with
-  batch and feature swapped against the cotangent as kernel), so values are the same to rounding.
+  explicit, so the convolution XLA sees is always the canonical one. The rules are jax's own
+  transpose rules (lhs: the flipped, in/out-swapped kernel over the stride-dilated cotangent;
+  rhs: the input with batch and feature swapped against the cotangent as kernel), so values are
+  the same to rounding.
   Forward-mode (jvp) is not defined (custom_vjp); reverse over reverse is, to any order."""
   return jax.lax.conv_general_dilated(x, kernel, strides, pads, lhs_dilation, rhs_dilation,
                                       _NHWC_DN)
