@@ -94,10 +94,10 @@ def main(argv: list[str] | None = None) -> None:
       print(f"error: --models: got {m!r}; allowed: {', '.join(bm.SPECS)}", file=sys.stderr)
       raise SystemExit(2)
   strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+  allowed = layers.CONV_CHOICES["dense"]  # a strategy applies to dense and 1x1 convs alike
   for s in strategies:
-    if s not in ("auto", "lax", "lax_loopsafe", "im2col"):
-      print(f"error: --strategies: got {s!r}; allowed: auto, lax, lax_loopsafe, im2col",
-            file=sys.stderr)
+    if s not in allowed:
+      print(f"error: --strategies: got {s!r}; allowed: {', '.join(allowed)}", file=sys.stderr)
       raise SystemExit(2)
   steps, reps = (2, 1) if args.smoke else (args.steps, args.reps)
   t0 = time.time()
