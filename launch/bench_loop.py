@@ -12,7 +12,9 @@ of (a) the jitted step called alone and (b) the same step inside one jitted `lax
   python launch/bench_loop.py --smoke        # LeNet-5 only, 2 steps, 1 rep
 
 Strategies: 'lax' = every dense/1x1 conv as plain XLA convolution (the CPU default before
-`conv_lax_loopsafe`), 'auto' = today's CPU defaults (layers.CPU_CONV_DEFAULTS). Pairing: every
+`conv_lax_loopsafe`), 'auto' = today's CPU defaults (layers.CPU_CONV_DEFAULTS). --materialize
+'auto' (the default: residual streams through `tl_jax.models.materialize` on CPU) and/or 'off'
+(XLA fuses them freely, as before); runners are named strategy[+mat_off]/alone|scan. Pairing: every
 rep times each runner of a model once, in turn, with a short pause between, and medians over
 reps are reported. Output: a table on stdout and JSON at --out (command, commit, versions, CPU,
 load averages before/after).
@@ -40,16 +42,17 @@ import jax.numpy as jnp  # noqa: E402
 
 import benchmark as bm  # noqa: E402  (launch/benchmark.py: SPECS, step setup, machine metadata)
 from tl_jax.models import layers  # noqa: E402
+from tl_jax.models.materialize import MODES, materialize_mode  # noqa: E402
 
 DEFAULT_MODELS = "lenet5,alexnet_small,vgg9,resnet32"
 PAUSE_S = 0.3
 
 
-def jax_runners(key: str, batch: int, steps: int, strategy: str):
-  """(alone, in_scan) timers of model `key`'s train step traced under `strategy`; each returns
-  seconds per step."""
+def jax_runners(key: str, batch: int, steps: int, strategy: str, materialize: str = "auto"):
+  """(alone, in_scan) timers of model `key`'s train step traced under conv `strategy` and
+  `materialize_mode(materialize)`; each returns seconds per step."""
   preset = {} if strategy == "auto" else {"dense": strategy, "pointwise": strategy}
-  with layers.conv_strategy(**preset):
+  with layers.conv_strategy(**preset), materialize_mode(materialize):
     step, state, data, rng = bm.jax_step_setup(key, batch, jit=False)
     alone = jax.jit(step, donate_argnums=0)
     stacked = jax.tree.map(lambda a: jnp.stack([a] * steps), data)
@@ -82,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--models", default=DEFAULT_MODELS, help=f"keys of SPECS ({', '.join(bm.SPECS)})")
   p.add_argument("--strategies", default="lax,auto")
+  p.add_argument("--materialize", default="auto", help=f"modes, comma-separated ({', '.join(MODES)})")
   p.add_argument("--steps", type=int, default=8, help="steps per scan (and per alone block)")
   p.add_argument("--reps", type=int, default=5)
   p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True)
@@ -99,6 +103,11 @@ def main(argv: list[str] | None = None) -> None:
     if s not in allowed:
       print(f"error: --strategies: got {s!r}; allowed: {', '.join(allowed)}", file=sys.stderr)
       raise SystemExit(2)
+  mats = [m.strip() for m in args.materialize.split(",") if m.strip()]
+  for m in mats:
+    if m not in MODES:
+      print(f"error: --materialize: got {m!r}; allowed: {', '.join(MODES)}", file=sys.stderr)
+      raise SystemExit(2)
   steps, reps = (2, 1) if args.smoke else (args.steps, args.reps)
   t0 = time.time()
   meta = {"command": "python " + shlex.join(["launch/bench_loop.py"] + (argv or sys.argv[1:])),
@@ -115,9 +124,10 @@ def main(argv: list[str] | None = None) -> None:
     batch = bm.SPECS[key][4]
     timers: dict[str, object] = {}
     for s in strategies:
-      tc = time.time()
-      timers[f"{s}/alone"], timers[f"{s}/scan"] = jax_runners(key, batch, steps, s)
-      print(f"[bench_loop] {key} {s}: compiled in {time.time() - tc:.0f} s", flush=True)
+      for mat in mats:
+        name, tc = s if mat == "auto" else f"{s}+mat_{mat}", time.time()
+        timers[f"{name}/alone"], timers[f"{name}/scan"] = jax_runners(key, batch, steps, s, mat)
+        print(f"[bench_loop] {key} {name}: compiled in {time.time() - tc:.0f} s", flush=True)
     if args.torch:
       run = bm.torch_runner(key, batch, "fp32")
       run()

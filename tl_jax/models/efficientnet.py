@@ -42,6 +42,7 @@ import jax.numpy as jnp
 
 from tl_jax.errors import ConfigError
 from tl_jax.models.layers import Conv, batch_norm
+from tl_jax.models.materialize import materialize
 
 # (kernel, stride, expand, cin, cout); residual iff stride == 1 and cin == cout.
 LITE0_BLOCKS = (
@@ -83,7 +84,7 @@ class MBConv(nn.Module):
     y = Conv(self.cout, (1, 1), use_bias=False, kernel_init=_conv_init, name="project_conv")(y)
     y = batch_norm(train, "bn2", **bn)(y)
     if self.stride == 1 and cin == self.cout:
-      y = y + x
+      y = materialize(y + x)  # the residual stream: computed once (XLA:CPU)
     return y
 
 

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 
 from tl_jax.errors import check_choice
 from tl_jax.models.layers import Conv, batch_norm, he_fan_out, max_pool, torch_linear_init
+from tl_jax.models.materialize import materialize
 
 
 class BasicBlock(nn.Module):
@@ -56,7 +57,7 @@ class BasicBlock(nn.Module):
       x = Conv(self.features, (1, 1), s, padding=0, use_bias=False, kernel_init=he_fan_out,
                name="downsample_0")(x)
       x = batch_norm(train, "downsample_1")(x)
-    return nn.relu(y + x)
+    return materialize(nn.relu(y + x))  # the residual stream: computed once (XLA:CPU)
 
 
 def resnet32_block_names() -> list[str]:
@@ -119,7 +120,7 @@ class ResNet50(nn.Module):
     y = nn.relu(bn(2)(y))
     y = Conv(4 * filters, (1, 1), padding="VALID", name=f"{prefix}_3_conv")(y)
     y = bn(3)(y)
-    return nn.relu(shortcut + y)
+    return materialize(nn.relu(shortcut + y))
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False):
