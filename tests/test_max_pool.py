@@ -1,0 +1,58 @@
+"""`layers.max_pool`: the window-reshape formulation (XLA:CPU default for non-overlapping windows)
+equals `nn.max_pool` in value, gradient (ties included: each window's to its first maximum) and
+second order, and the dispatch keeps GPU/TPU float32 on `nn.max_pool`."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from tl_jax.models import layers
+
+CASES = [((2, 8, 8, 3), (2, 2)), ((3, 9, 7, 4), (2, 2)), ((2, 9, 9, 2), (3, 3)),
+         ((1, 6, 6, 5), (1, 2))]
+
+
+def _inputs(shape, ties):
+  x = jax.random.normal(jax.random.key(0), shape)
+  # small integers: most windows hold repeated maxima (ReLU zeros are the common case)
+  return jnp.floor(2 * x).clip(0, None) if ties else x
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("shape, window", CASES)
+def test_blocks_equal_nn_max_pool(shape, window, ties):
+  x = _inputs(shape, ties)
+  g = jax.random.normal(jax.random.key(1), (shape[0], shape[1] // window[0],
+                                            shape[2] // window[1], shape[3]))
+  y, vjp = jax.vjp(lambda z: layers.max_pool(z, window, window, backend="cpu"), x)
+  ref, ref_vjp = jax.vjp(lambda z: nn.max_pool(z, window, window), x)
+  np.testing.assert_array_equal(y, ref)
+  np.testing.assert_array_equal(vjp(g)[0], ref_vjp(g)[0])
+  ys = jax.vmap(lambda z: layers.max_pool(z, window, window, backend="cpu"))(jnp.stack([x, -x]))
+  np.testing.assert_array_equal(ys[1], nn.max_pool(-x, window, window))
+
+
+def test_blocks_second_order_equals_nn_max_pool():
+  """The L2T meta-gradient differentiates through the pool's backward."""
+  x = _inputs((2, 8, 8, 3), False)
+
+  def meta(pool):
+    inner = jax.grad(lambda z: (pool(z) ** 3).sum())
+    return jax.grad(lambda z: (inner(z) ** 2).sum())(x)
+
+  got = meta(lambda z: layers.max_pool(z, (2, 2), (2, 2), backend="cpu"))
+  chex.assert_trees_all_close(got, meta(lambda z: nn.max_pool(z, (2, 2), (2, 2))), rtol=1e-6)
+
+
+def test_dispatch_per_backend_and_window():
+  x = jnp.ones((1, 8, 8, 2))
+  prims = lambda backend, window, strides: str(jax.make_jaxpr(jax.grad(
+      lambda z: layers.max_pool(z, window, strides, backend=backend).sum()))(x))
+  assert "reduce_window" not in prims("cpu", (2, 2), (2, 2))   # blocks
+  assert "reduce_window" in prims("gpu", (2, 2), (2, 2))       # nn.max_pool, as before
+  assert "reduce_window" in prims("cpu", (3, 3), (2, 2))       # overlapping: nn.max_pool
