@@ -653,9 +653,9 @@ def max_pool(x: Array, window: Sequence[int], strides: Sequence[int],
   """`nn.max_pool(x, window, strides)` ('VALID'), NHWC, with the same value and the same gradient
   (each window's to its first maximum, as XLA's select-and-scatter), computed three ways:
   - non-overlapping windows (window == strides) on the 'cpu' backend or in float64: a reshape into
-    windows and a max, with a custom VJP of elementwise ops. On XLA:CPU `nn.max_pool`'s gradient
-    (select-and-scatter, expanded into iotas and a scatter) costs 8x this in a `lax.scan`
-    (VGG-9's five pools: 61 vs 8 ms fwd+bwd; second order 75 vs 24 ms);
+    windows and a max, with a custom VJP of elementwise ops: on XLA:CPU `nn.max_pool`'s gradient
+    (select-and-scatter, expanded into full-size iotas and a scatter) is several times slower,
+    first and second order (results/benchmarks/README.md);
   - other float64 pools: a max over strided slices (`_max_pool_slices`): XLA's reduce_window max
     gradient pads with a float32 value when x64 is enabled inside a jit traced without it (the
     float64 meta-gradient, `kt.meta_dtype`), which fails to lower;

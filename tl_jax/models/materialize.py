@@ -4,19 +4,19 @@ Why: a residual stream is a chain of cheap elementwise ops (x_k = relu(bn(conv_k
 XLA:CPU's instruction fusion duplicates such producers into every consumer instead of reading the
 buffer that already holds x_k, so each consumer of x_k (the next block's residual add, the
 transposed copy a kernel gradient needs, the ReLU mask of the backward pass) recomputes the whole
-stream from every earlier block's conv output: a fusion of ResNet-32's last stage reads 31
-operands, and the backward pass's transposes alone took about half of the train step
-(launch/bench_loop.py --materialize auto,off; results/benchmarks/). `jax.lax.optimization_barrier` does not help
+stream from every earlier block's conv output (in ResNet-32's backward pass the transposed
+copies of the last blocks' inputs each read some 30 tensors; measured in results/benchmarks/,
+`launch/bench_loop.py --materialize auto,off`). `jax.lax.optimization_barrier` does not help
 on CPU (XLA removes it before fusion). A dot is never fused into a loop fusion on CPU, so writing
-x_k as `x_k @ I` (an 8x8 identity over groups of channels: 8 multiply-adds per element, a few
-per cent of a 3x3 conv) makes XLA compute x_k once and read it everywhere; the cotangent goes
+x_k as `x_k @ I` (an 8x8 identity over groups of channels: 8 multiply-adds per element, little
+next to a 3x3 conv) makes XLA compute x_k once and read it everywhere; the cotangent goes
 through the same identity dot in the backward pass.
 
 Exact: every output is x * 1 plus zeros (float32 / float64 / bfloat16 alike), so values,
 gradients and higher derivatives are bit-identical to `x` for finite inputs (a non-finite entry
 would spread NaN to the other channels of its group of 8; a run with a non-finite activation has
-diverged anyway). Only the 'cpu' backend uses it by default: elsewhere (GPU/TPU: no such fusion
-problem measured, and TF32 matmuls would not be exact) `materialize` returns `x` itself.
+diverged anyway). Only the 'cpu' backend uses it by default: elsewhere (GPU/TPU: not measured
+there, and a TF32 matmul would not be exact) `materialize` returns `x` itself.
 `materialize_mode('off' | 'on' | 'auto')` overrides the default at trace time (benchmarks,
 tests); like `layers.conv_strategy` it is read while tracing.
 """
