@@ -83,19 +83,18 @@ def test_materialize_stops_the_residual_stream_being_recomputed():
   assert _widest_fusion(_residual_chain_hlo("on")) <= 4
 
 
-@pytest.mark.parametrize("name, shape, kwargs", [
-    ("resnet32", (2, 32, 32, 3), {}),
-    ("efficientnet_lite0", (2, 64, 64, 3), {}),
-])
-def test_residual_models_equal_with_and_without_materialize(name, shape, kwargs):
-  model = models.create_model(name, 10, **kwargs)
+def test_resnet32_equal_with_and_without_materialize():
+  """Logits, BN statistics and gradients of a train-mode ResNet-32 (EfficientNet-Lite0 and
+  ResNet-50 call the same `materialize` on their residual sums)."""
+  shape = (2, 32, 32, 3)
+  model = models.create_model("resnet32", 10)
   x = jax.random.normal(jax.random.key(1), shape)
   variables = jax.jit(lambda k: model.init(k, x[:1], train=False))(jax.random.key(0))
   y = jax.nn.one_hot(jnp.arange(shape[0]) % 10, 10)
 
   def loss(params, stats):
     (logits, _), upd = model.apply({"params": params, "batch_stats": stats}, x, train=True,
-                                   mutable=["batch_stats"], rngs={"dropout": jax.random.key(2)})
+                                   mutable=["batch_stats"])
     return -(jax.nn.log_softmax(logits) * y).sum(), (logits, upd)
 
   out = {}
