@@ -616,33 +616,42 @@ _max_pool_slices.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def _blocks(x: Array, window: tuple[int, int]) -> Array:
-  """(b, h, w, c) -> (b, oh, ow, wh * ww, c): the non-overlapping windows, taps in row-major
-  order (the order of `_window_slices`), the last partial rows/columns dropped ('VALID')."""
+  """(b, h, w, c) -> (b, h // wh, w // ww, wh * ww, c): the non-overlapping windows (h, w
+  multiples of the window), taps in row-major order (the order of `_window_slices`)."""
   (wh, ww), (b, h, w, c) = window, x.shape
-  oh, ow = h // wh, w // ww
-  x = x[:, :oh * wh, :ow * ww]
-  return x.reshape(b, oh, wh, ow, ww, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, oh, ow, wh * ww, c)
+  return x.reshape(b, h // wh, wh, w // ww, ww, c).transpose(0, 1, 3, 2, 4, 5).reshape(
+      b, h // wh, w // ww, wh * ww, c)
+
+
+def _first_max(xb: Array) -> tuple[Array, Array]:
+  """(max over axis 3, index of its first occurrence) in one pass of compares and selects (no
+  reduce: a variadic argmax reduce fails to lower for float64 inside a jit traced without x64,
+  as XLA's reduce_window max gradient does)."""
+  best, arg = xb[:, :, :, 0], jnp.zeros(xb.shape[:3] + xb.shape[4:], jnp.int8)
+  for t in range(1, xb.shape[3]):
+    better = xb[:, :, :, t] > best
+    best, arg = jnp.where(better, xb[:, :, :, t], best), jnp.where(better, jnp.int8(t), arg)
+  return best, arg
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _max_pool_blocks(x: Array, window: tuple[int, int]) -> Array:
-  return _blocks(x, window).max(axis=3)
+  return _first_max(_blocks(x, window))[0]
 
 
 def _max_pool_blocks_fwd(x, window):
-  out = _max_pool_blocks(x, window)
-  return out, (x, out)
+  # The window's first maximum is found here, with the max itself, and kept as the residual: a
+  # backward that compared x with the pooled max would depend on XLA computing x bit-identically
+  # in two fusions, which it does not always do (a recomputed producer can round differently)
+  return _first_max(_blocks(x, window))
 
 
-def _max_pool_blocks_bwd(window, res, g):
-  x, out = res
-  (wh, ww), (b, h, w, c) = window, x.shape
-  hit = _blocks(x, window) == out[:, :, :, None, :]
-  first = hit & (jnp.cumsum(hit, axis=3) == 1)  # each window's gradient to its first maximum
-  d = jnp.where(first, g[:, :, :, None, :], jnp.zeros((), g.dtype))
-  oh, ow = out.shape[1:3]
-  d = d.reshape(b, oh, ow, wh, ww, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, oh * wh, ow * ww, c)
-  return (jnp.pad(d, ((0, 0), (0, h - oh * wh), (0, w - ow * ww), (0, 0))).astype(x.dtype),)
+def _max_pool_blocks_bwd(window, arg, g):
+  (wh, ww), (b, oh, ow, c) = window, g.shape
+  taps = jnp.arange(wh * ww, dtype=arg.dtype)[:, None]
+  d = jnp.where(arg[:, :, :, None, :] == taps, g[:, :, :, None, :], jnp.zeros((), g.dtype))
+  return (d.reshape(b, oh, ow, wh, ww, c).transpose(0, 1, 3, 2, 4, 5).reshape(
+      b, oh * wh, ow * ww, c),)
 
 
 _max_pool_blocks.defvjp(_max_pool_blocks_fwd, _max_pool_blocks_bwd)
@@ -653,7 +662,8 @@ def max_pool(x: Array, window: Sequence[int], strides: Sequence[int],
   """`nn.max_pool(x, window, strides)` ('VALID'), NHWC, with the same value and the same gradient
   (each window's to its first maximum, as XLA's select-and-scatter), computed three ways:
   - non-overlapping windows (window == strides) on the 'cpu' backend or in float64: a reshape into
-    windows and a max, with a custom VJP of elementwise ops: on XLA:CPU `nn.max_pool`'s gradient
+    windows and a max, the first maximum's tap kept from the forward pass, and a custom VJP of
+    elementwise ops: on XLA:CPU `nn.max_pool`'s gradient
     (select-and-scatter, expanded into full-size iotas and a scatter) is several times slower,
     first and second order (results/benchmarks/README.md);
   - other float64 pools: a max over strided slices (`_max_pool_slices`): XLA's reduce_window max
@@ -662,8 +672,9 @@ def max_pool(x: Array, window: Sequence[int], strides: Sequence[int],
   - otherwise (GPU/TPU float32, CPU overlapping windows) `nn.max_pool` itself."""
   window, strides = tuple(int(v) for v in window), tuple(int(v) for v in strides)
   on_cpu = (backend or jax.default_backend()) == "cpu"
-  if window == strides and (on_cpu or x.dtype == jnp.float64):
-    return _max_pool_blocks(x, window)
+  if window == strides and (on_cpu or x.dtype == jnp.float64) and window[0] * window[1] <= 127:  # int8 taps
+    oh, ow = x.shape[1] // window[0], x.shape[2] // window[1]  # 'VALID': partial windows dropped
+    return _max_pool_blocks(x[:, :oh * window[0], :ow * window[1]], window)
   if x.dtype == jnp.float64:
     return _max_pool_slices(x, window, strides)
   return nn.max_pool(x, window, strides)
