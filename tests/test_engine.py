@@ -29,7 +29,7 @@ METHODS = ("scratch", "frozen_backbone", "fine_tune", "full_fine_tune", "feature
            "ufm", "l2t_ww", "l2t_www")
 # one method per step family: the supervised step, the two-segment engine (warm-up, then all
 # layers), the KT step with meta-parameters; the 4-device test and the 'vmap' seed loop run
-# these (every method's own K = 3 numerics are checked under the default 'map' loop)
+# these (every method's own K = 3 numerics are checked under the 'map' loop)
 DEVICE_METHODS = ("scratch", "fine_tune", "l2t_www")
 # per-epoch metrics compared between runs (time_s is wall clock)
 SKIP = ("time_s",)
@@ -109,7 +109,7 @@ def test_seed_of_a_k3_run_equals_the_k1_run(setup, k1_run, tmp_path, method):
   data, src = setup
   one = k1_run(method)
   assert one["history"] and one["summary"]["method"] == method
-  # 'map' (the default seed loop) for every method, 'vmap' for one method per step family
+  # 'map' (the CPU default) for every method; 'vmap' (the GPU/TPU default) per step family
   for loop in ("vmap", "map") if method in DEVICE_METHODS else ("map",):
     many = _run(method_config(data, src, method, **{"train.seed_loop": loop}), [0, 1, 2],
                 tmp_path / f"k3_{loop}")
