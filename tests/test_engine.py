@@ -27,10 +27,10 @@ from tl_jax.transfer import init as tinit
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 METHODS = ("scratch", "frozen_backbone", "fine_tune", "full_fine_tune", "feature_extraction",
            "ufm", "l2t_ww", "l2t_www")
-# one method per step family: the supervised step, the two-segment engine (warm-up, then all
-# layers), the KT step with meta-parameters; the 4-device test and the 'vmap' seed loop run
+# one method per step family: the supervised step in the two-segment engine (warm-up, then all
+# layers) and the KT step with meta-parameters; the 4-device test and the 'vmap' seed loop run
 # these (every method's own K = 3 numerics are checked under the 'map' loop)
-DEVICE_METHODS = ("scratch", "fine_tune", "l2t_www")
+DEVICE_METHODS = ("fine_tune", "l2t_www")
 # per-epoch metrics compared between runs (time_s is wall clock)
 SKIP = ("time_s",)
 

@@ -17,6 +17,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
+from tl_jax import paths
 from tl_jax.errors import ConfigError
 from tl_jax.kt import (KTConfig, KnowledgeTransfer, all_to_all, count_meta_params, cosine_per_epoch,
                        init_meta_params, momentum_of, pairs_for_models, parse_pairs, sgd_tx,
@@ -467,6 +468,9 @@ def test_resnet32_to_vgg9_pairs_and_meta_param_counts():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(paths.shared_root() is not None,
+                    reason="with ../shared, tests/test_thesis_gpu.py runs the real-size L2T "
+                    "iteration end to end (L2T-www, which contains L2T-ww's)")
 def test_resnet32_to_vgg9_l2t_ww_iteration_runs():
   """One real-size L2T-ww iteration at batch 2 (compiles the full second-order step: slow on CPU)."""
   src, tgt = _real_models()

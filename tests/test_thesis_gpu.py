@@ -40,5 +40,5 @@ def test_thesis_gpu_smoke_runs_and_writes_the_table(tmp_path):
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   for m in thesis_gpu.SMOKE_METHODS:
     assert (tmp_path / "w" / m / "n1" / "seed0" / "summary.json").exists(), m
-  assert not (tmp_path / "w" / "ufm").exists()
+  assert not (tmp_path / "w" / "scratch").exists()
   assert (out / "README.md").exists() and "precision" in (out / "run.txt").read_text()
