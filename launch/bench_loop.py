@@ -92,11 +92,7 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--smoke", action="store_true")
   p.add_argument("--out", default="")
   args = p.parse_args(argv)
-  models = ["lenet5"] if args.smoke else [m.strip() for m in args.models.split(",") if m.strip()]
-  for m in models:
-    if m not in bm.SPECS:
-      print(f"error: --models: got {m!r}; allowed: {', '.join(bm.SPECS)}", file=sys.stderr)
-      raise SystemExit(2)
+  models = ["lenet5"] if args.smoke else bm.model_keys(args.models)
   strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
   allowed = layers.CONV_CHOICES["dense"]  # a strategy applies to dense and 1x1 convs alike
   for s in strategies:

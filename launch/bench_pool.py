@@ -105,11 +105,7 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--smoke", action="store_true", help="VGG-9's two smallest pools, 1 rep")
   p.add_argument("--out", default="")
   args = p.parse_args(argv)
-  keys = ["vgg9"] if args.smoke else [m.strip() for m in args.models.split(",") if m.strip()]
-  for k in keys:
-    if k not in bm.SPECS:
-      print(f"error: --models: got {k!r}; allowed: {', '.join(bm.SPECS)}", file=sys.stderr)
-      raise SystemExit(2)
+  keys = ["vgg9"] if args.smoke else bm.model_keys(args.models)
   reps = 1 if args.smoke else args.reps
   meta = {"command": "python " + shlex.join(["launch/bench_pool.py"] + (argv or sys.argv[1:])),
           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -236,6 +236,16 @@ def run_worker(args) -> None:
 
 
 # ----------------------------------------------------------------------------- driver side
+def model_keys(text: str) -> list[str]:
+  """--models text (comma-separated keys of SPECS) -> keys; an unknown key is one line and exit 2."""
+  keys = [m.strip() for m in text.split(",") if m.strip()]
+  for k in keys:
+    if k not in SPECS:
+      print(f"error: --models: got {k!r}; allowed: {', '.join(SPECS)}", file=sys.stderr)
+      raise SystemExit(2)
+  return keys
+
+
 def atomic_write(path: Path, text: str) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
