@@ -39,6 +39,7 @@ VARIANTS = {  # name -> XLA_FLAGS (added to whatever XLA_FLAGS the caller set)
     "no_ynn": "--xla_cpu_experimental_ynn_fusion_type=",
     "no_xnn": "--xla_cpu_experimental_xnn_fusion_type=",
     "onednn": "--xla_cpu_use_onednn=true",
+    "onednn_custom_call": "--xla_cpu_experimental_onednn_custom_call=true",
     "vector_width_256": "--xla_cpu_prefer_vector_width=256",
     "fast_math": "--xla_cpu_enable_fast_math=true",
 }
