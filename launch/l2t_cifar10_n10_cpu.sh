@@ -74,7 +74,10 @@ EOF
     done
   fi
 done
-python -m tl_jax.analysis.report --runs "$WD" --out "$OUT/report" --compare l2t_www,l2t_ww
+python -m tl_jax.analysis.report --runs "$WD" --out "$OUT/report" --methods scratch,ufm,l2t_ww,l2t_www \
+    --compare l2t_www,l2t_ww --compare l2t_ww,ufm --compare l2t_www,ufm --compare ufm,scratch
+python -m tl_jax.analysis.lambdas --runs "$WD" --out "$OUT/figures/lambdas.png" --table "$OUT/lambdas.md" \
+    --title "CIFAR-10 N = 10: matching weights λ per layer pair over training"
 if [ -f "$WD/l2t_ww/n10/seed0/meta_precision.jsonl" ]; then
   python -m tl_jax.analysis.meta_precision --runs "$WD/l2t_ww/n10/seed0" \
       --out "$OUT/figures/meta_precision_l2t_ww_seed0.png" \
