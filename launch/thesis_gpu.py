@@ -98,9 +98,10 @@ def main(argv=None) -> int:
     config.data.n_per_class = 1
     config.sweep.n_per_class = (1,)
     config.data.val_per_class = 2
+    config.train.batch_size = 10  # one batch of the 10 images, not 10 real rows padded to 128
     config.train.checkpoint_every = 0
     config.sweep.methods = SMOKE_METHODS
-    seeds, lines = 1, [f"smoke mode: 1 seed, 1 epoch, 1 image per class, {', '.join(SMOKE_METHODS)}"]
+    seeds, lines = 1, [f"smoke mode: 1 seed, 1 epoch, 1 image per class (one batch of 10), {', '.join(SMOKE_METHODS)}"]
   else:
     flops = json.loads(pathlib.Path(args.flops).read_text())["results"][0]["flops"]
     seeds, lines = plan(flops, n_train, n_val, int(config.train.batch_size), epochs,
