@@ -587,32 +587,47 @@ def _window_slices(x: Array, window: Sequence[int], strides: Sequence[int]):
           for i in range(wh) for j in range(ww)]
 
 
+def _first_max_slices(x: Array, window: tuple[int, int],
+                      strides: tuple[int, int]) -> tuple[Array, Array]:
+  """(max over each window, index of its first maximum, int8, taps in row-major order) from one
+  strided slice of `x` per tap, in one pass of compares and selects (see `_first_max`)."""
+  best = arg = None
+  for t, (_, _, idx) in enumerate(_window_slices(x, window, strides)):
+    v = x[idx]
+    if best is None:
+      best, arg = v, jnp.zeros(v.shape, jnp.int8)
+    else:
+      better = v > best
+      best, arg = jnp.where(better, v, best), jnp.where(better, jnp.int8(t), arg)
+  return best, arg
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _max_pool_slices(x: Array, window: tuple[int, int], strides: tuple[int, int]) -> Array:
-  out = None
-  for _, _, idx in _window_slices(x, window, strides):
-    out = x[idx] if out is None else jnp.maximum(out, x[idx])
-  return out
+  # x spans its windows exactly: (h - wh) % sh == 0 == (w - ww) % sw (max_pool crops it)
+  return _first_max_slices(x, window, strides)[0]
 
 
-def _max_pool_fwd(x, window, strides):
-  out = _max_pool_slices(x, window, strides)
-  return out, (x, out)
+def _max_pool_slices_fwd(x, window, strides):
+  # the first maximum's tap is kept from the forward pass (as in `_max_pool_blocks_fwd`)
+  return _first_max_slices(x, window, strides)
 
 
-def _max_pool_bwd(window, strides, res, g):
-  # like XLA's select-and-scatter: each window's gradient goes to its first maximum
-  x, out = res
-  dx = jnp.zeros_like(x)
-  taken = jnp.zeros(out.shape, bool)
-  for _, _, idx in _window_slices(x, window, strides):
-    hit = (x[idx] == out) & ~taken
-    taken = taken | hit
-    dx = dx.at[idx].add(jnp.where(hit, g, 0.0))
+def _max_pool_slices_bwd(window, strides, arg, g):
+  # like XLA's select-and-scatter: each window's gradient goes to its first maximum; the
+  # transpose of a strided slice is an interior pad, so dx is a sum of padded, masked copies of g
+  (wh, ww), (sh, sw) = window, strides
+  zero = jnp.zeros((), g.dtype)
+  dx = None
+  for t in range(wh * ww):
+    i, j = divmod(t, ww)
+    part = jax.lax.pad(jnp.where(arg == t, g, zero), zero,
+                   ((0, 0, 0), (i, wh - 1 - i, sh - 1), (j, ww - 1 - j, sw - 1), (0, 0, 0)))
+    dx = part if dx is None else dx + part
   return (dx,)
 
 
-_max_pool_slices.defvjp(_max_pool_fwd, _max_pool_bwd)
+_max_pool_slices.defvjp(_max_pool_slices_fwd, _max_pool_slices_bwd)
 
 
 def _blocks(x: Array, window: tuple[int, int]) -> Array:
@@ -666,18 +681,36 @@ def max_pool(x: Array, window: Sequence[int], strides: Sequence[int],
     elementwise ops: on XLA:CPU `nn.max_pool`'s gradient
     (select-and-scatter, expanded into full-size iotas and a scatter) is several times slower,
     first and second order (results/benchmarks/README.md);
-  - other float64 pools: a max over strided slices (`_max_pool_slices`): XLA's reduce_window max
-    gradient pads with a float32 value when x64 is enabled inside a jit traced without it (the
-    float64 meta-gradient, `kt.meta_dtype`), which fails to lower;
-  - otherwise (GPU/TPU float32, CPU overlapping windows) `nn.max_pool` itself."""
+  - overlapping windows (AlexNet's and ResNet-50's 3x3/2) on the 'cpu' backend or in float64: one
+    strided slice per tap, the first maximum's tap kept, and a backward of masked interior pads
+    (`_max_pool_slices`): faster than select-and-scatter on XLA:CPU for the same reason, and in
+    float64 XLA's reduce_window max gradient pads with a float32 value when x64 is enabled inside
+    a jit traced without it (the float64 meta-gradient, `kt.meta_dtype`), which fails to lower;
+  - otherwise (GPU/TPU float32) `nn.max_pool` itself."""
   window, strides = tuple(int(v) for v in window), tuple(int(v) for v in strides)
   on_cpu = (backend or jax.default_backend()) == "cpu"
-  if window == strides and (on_cpu or x.dtype == jnp.float64) and window[0] * window[1] <= 127:  # int8 taps
-    oh, ow = x.shape[1] // window[0], x.shape[2] // window[1]  # 'VALID': partial windows dropped
-    return _max_pool_blocks(x[:, :oh * window[0], :ow * window[1]], window)
-  if x.dtype == jnp.float64:
-    return _max_pool_slices(x, window, strides)
-  return nn.max_pool(x, window, strides)
+  if not (on_cpu or x.dtype == jnp.float64) or window[0] * window[1] > 127:  # int8 taps
+    return nn.max_pool(x, window, strides)
+  (wh, ww), (sh, sw) = window, strides
+  oh, ow = (x.shape[1] - wh) // sh + 1, (x.shape[2] - ww) // sw + 1  # 'VALID': partial windows dropped
+  x = x[:, :sh * (oh - 1) + wh, :sw * (ow - 1) + ww]
+  if window == strides:
+    return _max_pool_blocks(x, window)
+  return _max_pool_slices(x, window, strides)
+
+
+def avg_pool(x: Array, window: Sequence[int], strides: Sequence[int],
+             backend: str | None = None) -> Array:
+  """`nn.avg_pool(x, window, strides)` ('VALID'), NHWC. Non-overlapping windows on the 'cpu'
+  backend are a reshape into windows and a mean, whose gradient is a broadcast: XLA:CPU's
+  reduce_window gradient (a padded reduce_window of the cotangent) is 2-3x slower at LeNet-5's
+  shapes. Other windows and backends: `nn.avg_pool`."""
+  window, strides = tuple(int(v) for v in window), tuple(int(v) for v in strides)
+  if window != strides or (backend or jax.default_backend()) != "cpu":
+    return nn.avg_pool(x, window, strides)
+  (wh, ww), (b, h, w, c) = window, x.shape
+  oh, ow = h // wh, w // ww
+  return x[:, :oh * wh, :ow * ww].reshape(b, oh, wh, ow, ww, c).mean(axis=(2, 4))
 
 
 def cast_floating(tree: Any, dtype: Any) -> Any:

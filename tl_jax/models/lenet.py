@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from tl_jax.errors import ConfigError, check_choice
-from tl_jax.models.layers import Conv, max_pool
+from tl_jax.models.layers import Conv, avg_pool, max_pool
 
 VARIANTS = ("classic", "modern")
 
@@ -38,7 +38,7 @@ class LeNet5(nn.Module):
       raise ConfigError("model.input_shape", x.shape, "[N, 32, 32, C]")
     classic = self.variant == "classic"
     act = jnp.tanh if classic else nn.relu
-    pool = nn.avg_pool if classic else max_pool
+    pool = avg_pool if classic else max_pool
     feats = {}
     x = act(Conv(6, (5, 5), padding="VALID", name="conv1")(x))
     x = pool(x, (2, 2), (2, 2))
