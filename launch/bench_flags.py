@@ -37,6 +37,9 @@ VARIANTS = {  # name -> XLA_FLAGS (added to whatever XLA_FLAGS the caller set)
     "multi_output_fusion": "--xla_cpu_use_multi_output_fusion=true",
     "no_new_fusion_emitters": "--xla_cpu_disable_new_fusion_emitters=true",
     "no_ynn": "--xla_cpu_experimental_ynn_fusion_type=",
+    # YNNPACK without its convolutions (dots, fusions kept): Eigen's convs, YNNPACK's matmuls
+    "no_ynn_conv": "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
+    "ynn_dot_only": "--xla_cpu_experimental_ynn_fusion_type=individual_dot",  # no fusions
     "no_xnn": "--xla_cpu_experimental_xnn_fusion_type=",
     "onednn": "--xla_cpu_use_onednn=true",
     "onednn_custom_call": "--xla_cpu_experimental_onednn_custom_call=true",

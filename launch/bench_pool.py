@@ -2,8 +2,9 @@
 
 Why: `nn.max_pool`'s gradient is a select-and-scatter, which XLA:CPU expands into full-size iotas
 and a scatter; `tl_jax.models.layers.max_pool` computes non-overlapping windows on CPU as a
-reshape + max with a first-maximum VJP of elementwise ops (same values and gradients,
-tests/test_max_pool.py). This times, for the pools of each model (found by tracing the model at
+reshape + max with a first-maximum VJP of elementwise ops, and overlapping ones (AlexNet's and
+ResNet-50's 3x3/2) as one strided slice per tap with a VJP of masked interior pads (same values
+and gradients, tests/test_max_pool.py). This times, for the pools of each model (found by tracing the model at
 its benchmark shape, launch/benchmark.py SPECS), fwd+bwd and the second order the L2T
 meta-gradient needs (the gradient of a gradient norm), each alone (jit) and per iteration of a
 `lax.scan` (as the engine runs steps), under both formulations; median of --reps.

@@ -95,6 +95,9 @@ def main(argv, kwargs=()):
         for j in jobs:
           j.result()
       return 0
+    if not _DRY.value:  # the same process setup as `python -m tl_jax.main`
+      from tl_jax import runtime
+      runtime.setup(config)
     run_unit = grid.load_run_unit(_RUN_UNIT.value) if not _DRY.value else None
     rep = grid.run_grid(config, _WORKDIR.value, run_unit, _HOST.value, _NUM_HOSTS.value,
                         keep_going=_KEEP.value, dry_run=_DRY.value,

@@ -221,6 +221,8 @@ CLI_CASES = [
     (["--config.train.num_epochs=0"], "error: train.num_epochs: got 0", "an integer >= 1"),
     (["--workdirr=/tmp/x"], "error: --workdirr: got 'an unknown flag'", "did you mean --workdir?"),
     (["--config.model.kwargs.depth=3"], "error: model.depth: got 3", "allowed"),
+    (["--config.train.xla_cpu_flags=fast"], "error: train.xla_cpu_flags: got 'fast'",
+     "'auto' (the model's measured flags)"),
 ]
 
 

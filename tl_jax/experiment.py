@@ -534,6 +534,8 @@ def run_summary(config, results, history, copied, wall_s, class_names, train_siz
       "train_size": int(train_size), "best_epoch": best[-1]["epoch"] if best else None,
       "epochs_run": len(history), "wall_s": wall_s, "num_copied_from_source": len(copied),
       "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+      # in force when this process started its backend (tl_jax.runtime)
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
   for split, m in results.items():
     for k in ("accuracy", "loss", "macro_f1", "macro_recall"):

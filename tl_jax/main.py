@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import logging as pylogging
-import os
 import sys
 
 from absl import flags, logging
@@ -21,17 +20,6 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics, checkpoi
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace the outputs of a run of another "
                                "config found in --workdir (otherwise an error).")
 
-
-
-def setup_jax() -> None:
-  """Persistent compilation cache (cold start 5.7 s -> 1.5 s on the 2-core CPU)."""
-  import jax
-  if os.environ.get("TL_JAX_MULTIHOST") == "1":  # pod slices: every host runs the same command
-    jax.distributed.initialize()
-  cache = os.environ.get("TL_JAX_COMPILATION_CACHE")
-  if cache:
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def run(config, workdir: str, overwrite: bool = False):
@@ -64,7 +52,8 @@ def execute(config, workdir: str, overwrite: bool = False, kwargs=()) -> int:
   from tl_jax.errors import ConfigError, NonFiniteLossError
   try:
     cli.apply_kwargs(config, kwargs)
-    setup_jax()
+    from tl_jax import runtime
+    runtime.setup(config)
     run(config, workdir, overwrite)
   except ConfigError as e:
     return cli.fail(str(e))

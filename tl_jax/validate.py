@@ -48,7 +48,7 @@ def _check_number(config, field: str, lo: float | None = None, hi: float | None 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """ConfigError for the first out-of-range, unknown or inconsistent value of `config`."""
-  from tl_jax import models
+  from tl_jax import models, runtime
   from tl_jax.data import augment, sources
   from tl_jax.train import optim
   from tl_jax.transfer import heads, init as tinit, strategies
@@ -67,6 +67,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   check_choice("transfer.bn", config.transfer.bn, strategies.BN_MODES)
   check_choice("model.bn_running_var", config.model.bn_running_var, ("biased", "unbiased"))
   check_choice("train.seed_loop", config.train.seed_loop, ("auto", "vmap", "map"))
+  runtime.xla_cpu_flags(config)
 
   _check_number(config, "train.num_epochs", 1, integer=True)
   _check_number(config, "train.batch_size", 1, integer=True)

@@ -1,0 +1,79 @@
+"""What a command line sets up before JAX starts: `setup(config)`.
+
+- the trained model's XLA:CPU flags (`train.xla_cpu_flags`, below);
+- `jax.distributed.initialize()` on pod slices (TL_JAX_MULTIHOST=1: every host runs the command);
+- the persistent compilation cache (TL_JAX_COMPILATION_CACHE, set by launch/env.sh: a cold start
+  5.7 s -> 1.5 s on the 2-core CPU).
+
+XLA:CPU flags per model, chosen by measurement. Why: XLA reads XLA_FLAGS once per process, when its
+CPU backend starts, so a flag cannot be chosen per convolution from inside a model, and the one
+flag that matters on the 2-core AVX2 CPU of results/benchmarks/README.md cuts both ways: with XLA's
+YNNPACK fusions off (`--xla_cpu_experimental_ynn_fusion_type=`) the train step inside the engine's
+scan runs +23 % (ResNet-32), +21 % (LeNet-5), +31 % (AlexNet small; ImageNet-size: equal) and +51 %
+(VGG-16) faster, but -17 % (VGG-9), -32 % (ResNet-50) and -68 % (EfficientNet-Lite0) slower
+(`launch/bench_flags.py`, one process per flag). So the command lines (`tl_jax.main`,
+`launch/sweep.py`) call `setup` before anything starts the backend; a Python session that has
+already computed something keeps the flags it started with.
+
+The flags change how XLA:CPU computes, not what: values agree to float rounding either way. They
+are part of a run's config (`train.xla_cpu_flags`), so a resumed run uses the same ones. GPU and
+TPU ignore them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from tl_jax.errors import ConfigError
+
+NO_YNN = "--xla_cpu_experimental_ynn_fusion_type="
+# model name -> XLA:CPU flags that made its train step faster (none: XLA's defaults were best)
+MODEL_FLAGS: dict[str, tuple[str, ...]] = {
+    "lenet5": (NO_YNN,),
+    "alexnet": (NO_YNN,),
+    "resnet32": (NO_YNN,),
+    "vgg16": (NO_YNN,),
+}
+ALLOWED = "'auto' (the model's measured flags), 'none' (XLA's defaults) or XLA flags ('--xla_...')"
+
+
+def xla_cpu_flags(config: Any) -> tuple[str, ...]:
+  """The XLA flags `config` asks for: `train.xla_cpu_flags` resolved for `config.model.name`."""
+  setting = config.train.get("xla_cpu_flags", "auto")
+  if not isinstance(setting, str):
+    raise ConfigError("train.xla_cpu_flags", setting, ALLOWED)
+  if setting == "auto":
+    return MODEL_FLAGS.get(str(config.model.name), ())
+  if setting in ("none", ""):
+    return ()
+  flags = tuple(setting.split())
+  bad = [f for f in flags if not f.startswith("--xla_")]
+  if bad:
+    raise ConfigError("train.xla_cpu_flags", setting, ALLOWED)
+  return flags
+
+
+def apply_xla_cpu_flags(config: Any) -> str:
+  """Puts `xla_cpu_flags(config)` in front of the XLA_FLAGS environment variable (the caller's own
+  flags come after them, so they win) and returns the value now in force. Call it before the
+  first JAX computation of the process."""
+  flags = xla_cpu_flags(config)
+  own = os.environ.get("XLA_FLAGS", "")
+  merged = " ".join([*(f for f in flags if f not in own.split()), own]).strip()
+  os.environ["XLA_FLAGS"] = merged
+  return merged
+
+
+def setup(config: Any | None = None) -> None:
+  """The process setup of every command line (see the module docstring); `config` None: no
+  XLA flags (a command without a run config)."""
+  if config is not None:
+    apply_xla_cpu_flags(config)
+  import jax
+  if os.environ.get("TL_JAX_MULTIHOST") == "1":
+    jax.distributed.initialize()
+  cache = os.environ.get("TL_JAX_COMPILATION_CACHE")
+  if cache:
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
