@@ -222,7 +222,7 @@ CLI_CASES = [
     (["--workdirr=/tmp/x"], "error: --workdirr: got 'an unknown flag'", "did you mean --workdir?"),
     (["--config.model.kwargs.depth=3"], "error: model.depth: got 3", "allowed"),
     (["--config.train.xla_cpu_flags=fast"], "error: train.xla_cpu_flags: got 'fast'",
-     "'auto' (the model's measured flags)"),
+     "'auto' (tl_jax's measured flags)"),
 ]
 
 

@@ -1,4 +1,4 @@
-"""`tl_jax.runtime`: the per-model XLA:CPU flags (`train.xla_cpu_flags`) resolve as documented,
+"""`tl_jax.runtime`: the XLA:CPU flags (`train.xla_cpu_flags`) resolve as documented,
 reach XLA when set before the backend starts (a fresh process compiles differently), and leave the
 caller's own XLA_FLAGS in force."""
 
@@ -27,11 +27,10 @@ def _config(model="lenet5", setting=None):
   return c
 
 
-def test_flags_resolve_per_model_and_setting():
-  assert runtime.xla_cpu_flags(_config("lenet5")) == (runtime.NO_YNN,)
-  assert runtime.xla_cpu_flags(_config("resnet32")) == (runtime.NO_YNN,)
-  assert runtime.xla_cpu_flags(_config("vgg9")) == ()          # YNNPACK fusions help VGG-9
-  assert runtime.xla_cpu_flags(_config("efficientnet_lite0")) == ()
+def test_flags_resolve_as_documented():
+  # YNNPACK's dots help EfficientNet-Lite0's and ResNet-50's 1x1 convolutions; its convs help none
+  for model in ("lenet5", "resnet32", "efficientnet_lite0", "tiny_cnn"):
+    assert runtime.xla_cpu_flags(_config(model)) == (runtime.NO_YNN_CONV,) == runtime.AUTO_FLAGS
   assert runtime.xla_cpu_flags(_config("lenet5", "none")) == ()
   assert runtime.xla_cpu_flags(_config("vgg9", "--xla_a=1 --xla_b=2")) == ("--xla_a=1",
                                                                            "--xla_b=2")
@@ -45,13 +44,13 @@ def test_apply_puts_the_models_flags_before_the_callers(monkeypatch):
   got = runtime.apply_xla_cpu_flags(_config("lenet5"))
   assert got == os.environ["XLA_FLAGS"]
   # the caller's own setting of the same flag comes last: XLA keeps the last one it reads
-  assert got.split() == [runtime.NO_YNN, "--xla_cpu_experimental_ynn_fusion_type=dot",
+  assert got.split() == [runtime.NO_YNN_CONV, "--xla_cpu_experimental_ynn_fusion_type=dot",
                          "--xla_z=1"]
   assert runtime.apply_xla_cpu_flags(_config("lenet5")) == got  # idempotent
-  monkeypatch.setenv("XLA_FLAGS", runtime.NO_YNN)
-  assert runtime.apply_xla_cpu_flags(_config("lenet5")) == runtime.NO_YNN
+  monkeypatch.setenv("XLA_FLAGS", runtime.NO_YNN_CONV)
+  assert runtime.apply_xla_cpu_flags(_config("lenet5")) == runtime.NO_YNN_CONV
   monkeypatch.delenv("XLA_FLAGS")
-  assert runtime.apply_xla_cpu_flags(_config("vgg9")) == ""
+  assert runtime.apply_xla_cpu_flags(_config("vgg9", "none")) == ""
 
 
 _PROBE = """
@@ -80,7 +79,6 @@ def _probe(model, setting):
 
 
 def test_setup_before_the_backend_reaches_xla():
-  default = _probe("vgg9", "auto")
-  assert default == {"ynn": True, "flags": ""}
-  off = _probe("lenet5", "auto")
-  assert off == {"ynn": False, "flags": runtime.NO_YNN}
+  assert _probe("vgg9", "none") == {"ynn": True, "flags": ""}  # XLA's default: a YNNPACK dot
+  assert _probe("vgg9", "auto") == {"ynn": True, "flags": runtime.NO_YNN_CONV}  # dots kept
+  assert _probe("lenet5", runtime.NO_YNN) == {"ynn": False, "flags": runtime.NO_YNN}

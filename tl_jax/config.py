@@ -80,7 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
   # the compiled program) or 'auto' (map on CPU, vmap on GPU/TPU; results/benchmarks/README.md).
   c.train.seed_loop = "auto"
   # Process-wide XLA:CPU flags, set by the command line before JAX starts (tl_jax.runtime):
-  # 'auto' (the trained model's measured flags), 'none' (XLA's defaults) or '--xla_...' flags.
+  # 'auto' (tl_jax's measured flags), 'none' (XLA's defaults) or '--xla_...' flags.
   c.train.xla_cpu_flags = "auto"
 
   # Transfer strategy (tl_jax.transfer.strategies) and where the initial weights come from.

@@ -1,17 +1,19 @@
 """What a command line sets up before JAX starts: `setup(config)`.
 
-- the trained model's XLA:CPU flags (`train.xla_cpu_flags`, below);
+- the run's XLA:CPU flags (`train.xla_cpu_flags`, below);
 - `jax.distributed.initialize()` on pod slices (TL_JAX_MULTIHOST=1: every host runs the command);
 - the persistent compilation cache (TL_JAX_COMPILATION_CACHE, set by launch/env.sh: a cold start
   5.7 s -> 1.5 s on the 2-core CPU).
 
-XLA:CPU flags per model, chosen by measurement. Why: XLA reads XLA_FLAGS once per process, when its
-CPU backend starts, so a flag cannot be chosen per convolution from inside a model, and the one
-flag that matters on the 2-core AVX2 CPU of results/benchmarks/README.md cuts both ways: with XLA's
-YNNPACK fusions off (`--xla_cpu_experimental_ynn_fusion_type=`) the train step inside the engine's
-scan runs +23 % (ResNet-32), +21 % (LeNet-5), +31 % (AlexNet small; ImageNet-size: equal) and +51 %
-(VGG-16) faster, but -17 % (VGG-9), -32 % (ResNet-50) and -68 % (EfficientNet-Lite0) slower
-(`launch/bench_flags.py`, one process per flag). So the command lines (`tl_jax.main`,
+XLA:CPU flags, chosen by measurement. Why: XLA reads XLA_FLAGS once per process, when its CPU
+backend starts, so a flag cannot be chosen per convolution from inside a model. On the 2-core
+AVX2 CPU of results/benchmarks/README.md, XLA's YNNPACK convolutions were slower than its Eigen
+ones for every model tl_jax has, while YNNPACK's dots and fused dots were faster where 1x1
+convolutions are matmuls (ResNet-50, EfficientNet-Lite0: -32 % and -68 % with every YNNPACK
+fusion off). Turning only the YNNPACK convolutions off (`NO_YNN_CONV`) made the train step inside
+the engine's scan 10-50 % faster for LeNet-5, AlexNet, ResNet-32, ResNet-50, EfficientNet-Lite0
+and VGG-16 and left VGG-9's (plain step and L2T iteration) as it was (`launch/bench_flags.py`,
+one process per flag). So that is what 'auto' sets, and the command lines (`tl_jax.main`,
 `launch/sweep.py`) call `setup` before anything starts the backend; a Python session that has
 already computed something keeps the flags it started with.
 
@@ -27,24 +29,20 @@ from typing import Any
 
 from tl_jax.errors import ConfigError
 
-NO_YNN = "--xla_cpu_experimental_ynn_fusion_type="
-# model name -> XLA:CPU flags that made its train step faster (none: XLA's defaults were best)
-MODEL_FLAGS: dict[str, tuple[str, ...]] = {
-    "lenet5": (NO_YNN,),
-    "alexnet": (NO_YNN,),
-    "resnet32": (NO_YNN,),
-    "vgg16": (NO_YNN,),
-}
-ALLOWED = "'auto' (the model's measured flags), 'none' (XLA's defaults) or XLA flags ('--xla_...')"
+NO_YNN = "--xla_cpu_experimental_ynn_fusion_type="  # every YNNPACK fusion off
+# YNNPACK's convolutions off; its dots and dot fusions kept
+NO_YNN_CONV = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+AUTO_FLAGS: tuple[str, ...] = (NO_YNN_CONV,)  # 'auto', for every model
+ALLOWED = "'auto' (tl_jax's measured flags), 'none' (XLA's defaults) or XLA flags ('--xla_...')"
 
 
 def xla_cpu_flags(config: Any) -> tuple[str, ...]:
-  """The XLA flags `config` asks for: `train.xla_cpu_flags` resolved for `config.model.name`."""
+  """The XLA flags `config` asks for (`train.xla_cpu_flags` resolved)."""
   setting = config.train.get("xla_cpu_flags", "auto")
   if not isinstance(setting, str):
     raise ConfigError("train.xla_cpu_flags", setting, ALLOWED)
   if setting == "auto":
-    return MODEL_FLAGS.get(str(config.model.name), ())
+    return AUTO_FLAGS
   if setting in ("none", ""):
     return ()
   flags = tuple(setting.split())
