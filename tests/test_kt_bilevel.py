@@ -411,6 +411,26 @@ def test_methods_share_signature_and_differ_as_expected():
   assert max(jax.tree_util.tree_leaves(diff)) > 1e-5
 
 
+def test_l2t_iterations_trace_the_target_for_second_order(monkeypatch):
+  """The L2T iterations (and their meta-gradient alone) trace the target inside
+  `layers.second_order` (VGG-9 picks its CPU convs by it); UFM and scratch do not."""
+  from tl_jax.models import layers
+  seen = []
+  call = TinyTarget.__call__
+  monkeypatch.setattr(TinyTarget, "__call__",
+                      lambda self, *a, **k: seen.append(layers.is_second_order()) or call(self, *a, **k))
+  key = jax.random.PRNGKey(0)
+  for method, expected in (("scratch", False), ("ufm", False), ("l2t_ww", True), ("l2t_www", True)):
+    kt, state, batch, sv = _setup(method)
+    seen.clear()
+    jax.make_jaxpr(lambda *a: kt.iteration(*a))(state, batch, key, sv)  # a fresh trace
+    assert seen and set(seen) == {expected}, (method, seen)
+  args = _lookahead_inputs(kt, state, batch, key, sv)
+  seen.clear()
+  jax.make_jaxpr(lambda *a: kt.meta_gradient(state.meta_params, *a))(*args)
+  assert seen and set(seen) == {True}
+
+
 def test_ufm_step_equals_l2t_ww_real_step_with_uniform_where_one():
   kt_u, su, batch, sv_u = _setup("ufm")
   kt_w, sw, _, sv_w = _setup("l2t_ww")

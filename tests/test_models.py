@@ -274,7 +274,45 @@ def test_conv_dispatch_by_output_size(hw, stride, threshold, uses_xla_conv):
   assert _num_xla_convs(conv.apply, params, x) == int(uses_xla_conv)
 
 
-def test_vgg9_small_maps_use_im2col():
+def test_ynn_convolutions_reads_the_last_ynn_fusion_flag():
+  f = layers.YNN_FUSION_FLAG
+  assert layers.ynn_convolutions("")  # XLA's default: YNNPACK convolutions on
+  assert layers.ynn_convolutions("--xla_cpu_use_onednn=false")
+  assert not layers.ynn_convolutions(f"{f}=-individual_convolution")
+  assert not layers.ynn_convolutions(f"{f}=")  # every YNNPACK fusion off
+  assert not layers.ynn_convolutions(f"{f}=individual_dot")  # a plain list replaces the set
+  assert layers.ynn_convolutions(f"{f}=individual_dot,individual_convolution")
+  assert layers.ynn_convolutions(f"{f}=-individual_dot")
+  assert layers.ynn_convolutions(f"{f}=-individual_convolution {f}=+individual_convolution")
+  assert not layers.ynn_convolutions(f"{f}=individual_convolution {f}=-individual_convolution")
+
+
+def test_vgg9_im2col_default_follows_backend_flags_and_order(monkeypatch):
+  from tl_jax.models import vgg
+  from tl_jax.runtime import NO_YNN_CONV
+  monkeypatch.setenv("XLA_FLAGS", "")
+  assert vgg.default_im2col_max_pixels("gpu") == layers.SMALL_MAP_PIXELS
+  assert vgg.default_im2col_max_pixels("cpu") == vgg.IM2COL_CPU_MAX_PIXELS
+  monkeypatch.setenv("XLA_FLAGS", NO_YNN_CONV)  # tl_jax.runtime's 'auto'
+  assert vgg.default_im2col_max_pixels("cpu") == layers.SMALL_MAP_PIXELS
+  assert vgg.default_im2col_max_pixels("tpu") == layers.SMALL_MAP_PIXELS
+  with layers.second_order():
+    assert layers.is_second_order()
+    assert vgg.default_im2col_max_pixels("cpu") == vgg.IM2COL_CPU_MAX_PIXELS
+    with layers.second_order(False):
+      assert vgg.default_im2col_max_pixels("cpu") == layers.SMALL_MAP_PIXELS
+  assert not layers.is_second_order()
+  if jax.default_backend() == "cpu":  # the model reads it while tracing
+    model = models.create_model("vgg9", 10)
+    x = jnp.zeros((1, 32, 32, 3))
+    v = jax.eval_shape(lambda: model.init(_key(0), x))
+    assert _num_xla_convs(lambda v, x: model.apply(v, x), v, x) == 6  # all but the 2x2 maps
+    with layers.second_order():
+      assert _num_xla_convs(lambda v, x: model.apply(v, x), v, x) == 1
+
+
+def test_vgg9_small_maps_use_im2col(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "")  # XLA's default flags (YNNPACK convolutions on)
   model = models.create_model("vgg9", 10)
   x = jnp.zeros((1, 32, 32, 3))
   v = jax.eval_shape(lambda: model.init(_key(0), x))

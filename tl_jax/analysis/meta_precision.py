@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tl_jax.engine import fit as engine
+from tl_jax.models import layers
 from tl_jax.train import jsonl
 
 PROBE_FILE = "meta_precision.jsonl"
@@ -103,7 +104,8 @@ class MetaPrecisionProbe:
       kt = self.kt
 
       def fn(state, batch, key, source, pkey):
-        with jax.default_matmul_precision(kt.config.matmul_precision):
+        # the iteration's own trace context (KnowledgeTransfer.iteration), so θ_0 is its θ_0
+        with jax.default_matmul_precision(kt.config.matmul_precision), layers.second_order():
           ctx, k_drop, k_meta = kt.prepare(state, batch, key, source)
           theta0, v0, bs0, _ = kt.real_step(state, ctx, k_drop)
         if perturb:

@@ -60,7 +60,7 @@ from tl_jax.kt import matching
 from tl_jax.kt.meta_nets import WHICH_INITS, WHICH_INPUTS, MetaNetworks, init_meta_params
 from tl_jax.kt.pairs import PairSpec
 from tl_jax.models.layers import (BN_RUNNING_VAR, batch_norm_mask, bn_running_var,
-                                   frozen_batch_norm)
+                                   frozen_batch_norm, second_order)
 from tl_jax.train import optim
 
 METHODS = ("scratch", "ufm", "l2t_ww", "l2t_www")
@@ -340,7 +340,7 @@ class KnowledgeTransfer:
     dtype = dtype or self.config.meta_dtype
     precision = precision or self.config.matmul_precision
     out_dtype = jax.tree_util.tree_leaves(meta_params)[0].dtype
-    with precision_scope(dtype, precision):
+    with precision_scope(dtype, precision), second_order():
       args = (meta_params, theta0, opt0, bs0, ctx)
       if dtype == "float64":
         args = cast_floating(args, jnp.float64)
@@ -401,7 +401,9 @@ class KnowledgeTransfer:
   def iteration(self, state: KTState, batch: Mapping[str, jax.Array], key: jax.Array,
                 source_variables: Any = None):
     """Un-jitted body of `l2t_iteration` (see module docstring)."""
-    with jax.default_matmul_precision(self.config.matmul_precision):
+    # L2T: the target is differentiated twice (its CPU convs are chosen for that, vgg.VGG9)
+    with jax.default_matmul_precision(self.config.matmul_precision), \
+        second_order(self.config.method in META_METHODS):
       return self._iteration(state, batch, key, source_variables)
 
   def _iteration(self, state, batch, key, source_variables):

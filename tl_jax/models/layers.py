@@ -381,6 +381,54 @@ def select_conv_impl(kernel_shape: Sequence[int], groups: int, out_hw: Sequence[
                            strides, small_map_pixels)
 
 
+
+_SECOND_ORDER = contextvars.ContextVar("tl_jax_second_order", default=False)
+
+
+@contextlib.contextmanager
+def second_order(active: bool = True) -> Iterator[None]:
+  """Within this context (at trace time) the models traced will be differentiated twice (L2T's
+  meta-gradient through the look-ahead, `tl_jax.kt.bilevel`), so a model that picks its CPU
+  convolutions by measurement (`vgg.VGG9`) picks those measured for second order. Like
+  `conv_strategy`, it changes speed and float rounding only."""
+  token = _SECOND_ORDER.set(bool(active))
+  try:
+    yield
+  finally:
+    _SECOND_ORDER.reset(token)
+
+
+def is_second_order() -> bool:
+  """Whether a `second_order` context is in force now (at trace time)."""
+  return _SECOND_ORDER.get()
+
+
+YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+
+
+def ynn_convolutions(xla_flags: str | None = None) -> bool:
+  """Whether XLA:CPU computes convolutions with YNNPACK under `xla_flags` (default: the
+  XLA_FLAGS environment variable, which XLA reads when its CPU backend starts). YNNPACK's
+  convolution fusion is on by default; the last `--xla_cpu_experimental_ynn_fusion_type=` flag
+  turns it off with an empty value, with '-individual_convolution', or with a list of kinds that
+  leaves 'individual_convolution' out (tl_jax.runtime's 'auto' sets '-individual_convolution')."""
+  flags = os.environ.get("XLA_FLAGS", "") if xla_flags is None else xla_flags
+  value = None
+  for flag in flags.split():
+    if flag.startswith(YNN_FUSION_FLAG + "="):
+      value = flag.split("=", 1)[1]
+  if value is None:
+    return True
+  kinds = [k.strip() for k in value.split(",") if k.strip()]
+  if not kinds:
+    return False
+  if "-individual_convolution" in kinds:
+    return False
+  if "individual_convolution" in kinds or "+individual_convolution" in kinds:
+    return True
+  # a plain list replaces the default set; +/- entries only edit it
+  return all(k[0] in "+-" for k in kinds)
+
 class Conv(nn.Module):
   """2-D convolution with `nn.Conv`'s parameter layout and a choice of formulations (im2col for
   tiny maps; `conv_strategy` / `TL_JAX_CONV_IMPL` / per-backend defaults, see the module docstring).

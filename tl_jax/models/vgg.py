@@ -6,13 +6,19 @@ Init: convs Kaiming-normal fan-out (ReLU gain), biases 0, Dense N(0, 0.01) with 
 Params: 'conv0'..'conv7', 'bn0'..'bn7', 'head' (9,277,284 with 100 classes; BN running stats not
 counted). Features: the maps entering each max-pool, 'pool0'..'pool4' (post-BN-ReLU, pre-pool):
 64x32x32, 128x16x16, 256x8x8, 512x4x4, 512x2x2 at 32x32 input. Convs whose output map has at
-most `im2col_max_pixels` pixels run as im2col + matmul (layers.Conv). Default (None): 256 (16x16,
-every conv but the first at 32x32 input) on CPU, layers.SMALL_MAP_PIXELS (2x2) on GPU/TPU, whose
-convolution libraries have no such trap (not measured here). Why on CPU: besides the 2x2-map
-trap, the second-order backward of L2T's look-ahead produces window-reversed convolutions in a
-layout XLA:CPU leaves to its naive loop emitter; with im2col they become matmuls. Measured on the 2-core CPU (batch 64, under load,
-same process, alternating): one L2T-ww iteration 31.7 s -> 16.6 s, a plain train step 1.23 s ->
-1.10 s (results/benchmarks/README.md). Same parameters; outputs equal to float rounding.
+most `im2col_max_pixels` pixels run as im2col + matmul (layers.Conv). Default (None):
+`default_im2col_max_pixels()`, chosen by measurement (results/benchmarks/README.md):
+- GPU/TPU: layers.SMALL_MAP_PIXELS (2x2 maps), as every tl_jax Conv; their convolution libraries
+  have no such trap (not measured here).
+- CPU, traced for second order (`layers.second_order`: the L2T iterations) or with XLA's YNNPACK
+  convolutions on (XLA's default flags): 256, i.e. every conv but the first at 32x32 input. The
+  second-order backward of L2T's look-ahead is made of convolutions XLA:CPU computes slowly; as
+  im2col they become matmuls (one L2T-ww iteration 31.7 s -> 16.6 s when this was introduced,
+  still 4.9 s vs 7.1 s with 16 on 2026-12-02), and YNNPACK's convolutions lose to im2col too.
+- CPU, first order, YNNPACK convolutions off (tl_jax.runtime's 'auto' flags of every command
+  line): layers.SMALL_MAP_PIXELS. XLA's Eigen convolutions beat im2col on the 16x16..4x4 maps:
+  the train step in the engine's scan 10-14 % faster at batch 64 and 128.
+Same parameters whatever the choice; outputs equal to float rounding.
 
 VGG16: Keras `applications.VGG16` layer names, so Keras weights map 1:1 ('block1_conv1' ...
 'block5_conv3', 'fc1', 'fc2', 'predictions'; kernels HWIO like Keras). `num_classes=None` is
@@ -27,11 +33,23 @@ import jax
 import jax.numpy as jnp
 
 from tl_jax.errors import check_choice
+from tl_jax.models import layers
 from tl_jax.models.layers import SMALL_MAP_PIXELS, Conv, batch_norm, he_fan_out, max_pool
 
 VGG9_CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 POOLINGS = (None, "avg", "max")
+IM2COL_CPU_MAX_PIXELS = 256  # CPU, second order or YNNPACK convolutions on (module docstring)
+
+
+def default_im2col_max_pixels(backend: str | None = None) -> int:
+  """VGG-9's im2col threshold (output H*W) when `im2col_max_pixels` is None, for `backend`
+  (default: jax's), the trace-time `layers.second_order` context and the XLA flags in force."""
+  if (backend or jax.default_backend()) != "cpu":
+    return SMALL_MAP_PIXELS
+  if layers.is_second_order() or layers.ynn_convolutions():
+    return IM2COL_CPU_MAX_PIXELS
+  return SMALL_MAP_PIXELS
 
 
 class VGG9(nn.Module):
@@ -44,7 +62,7 @@ class VGG9(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False):
     im2col_px = self.im2col_max_pixels
     if im2col_px is None:
-      im2col_px = 256 if jax.default_backend() == "cpu" else SMALL_MAP_PIXELS
+      im2col_px = default_im2col_max_pixels()
     feats = {}
     conv_i = pool_i = 0
     for v in self.cfg:
