@@ -53,7 +53,7 @@ def run_variant(name: str, flags: str, models: str, steps: int, reps: int, torch
                 out: Path, smoke: bool, timeout_s: int) -> dict:
   """One bench_loop process under `flags`; {'name', 'flags', 'ok', 'error', 'json'}."""
   cmd = [sys.executable, str(ROOT / "launch" / "bench_loop.py"), "--strategies", "auto",
-         "--out", str(out)]
+         "--xla-flags", "none", "--out", str(out)]  # the variant's XLA_FLAGS alone
   cmd += ["--smoke"] if smoke else ["--models", models, "--steps", str(steps), "--reps", str(reps)]
   cmd += [] if torch else ["--no-torch"]
   env = dict(os.environ, XLA_FLAGS=" ".join(f for f in (os.environ.get("XLA_FLAGS", ""), flags)

@@ -15,6 +15,9 @@ the tl_jax state) with torch.set_num_threads(os.cpu_count()). Both frameworks au
 timed step (pad-4 crop + flip + ImageNet normalisation of the same uint8 batch; torch does it with
 torch ops and its own RNG).
 
+XLA:CPU flags: --xla-flags (default 'auto', the flags `tl_jax.main` and launch/sweep.py run with;
+'none' for XLA's defaults), recorded in the output with whatever XLA_FLAGS the caller set.
+
 Torch threads: --torch-threads (default os.cpu_count()). --omp-wait-policy (default PASSIVE) is
 exported as OMP_WAIT_POLICY before torch loads its OpenMP runtime: with the default spin-waiting
 (ACTIVE) a torch step on a machine whose cores are busy with other work stalls at every parallel
@@ -42,7 +45,8 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tl_jax import models, paths  # noqa: E402
+from tl_jax import models, paths, runtime  # noqa: E402
+from tl_jax.errors import ConfigError  # noqa: E402
 from tl_jax.data import augment  # noqa: E402
 from tl_jax.kt.bilevel import KnowledgeTransfer, KTConfig  # noqa: E402
 from tl_jax.kt.pairs import feature_shapes, parse_pairs  # noqa: E402
@@ -155,7 +159,14 @@ def main(argv=None):
   ap.add_argument("--torch-threads", type=int, default=os.cpu_count())
   ap.add_argument("--omp-wait-policy", default="PASSIVE",
                   help="OMP_WAIT_POLICY for torch's OpenMP ('' = leave unset); see the docstring")
+  ap.add_argument("--xla-flags", default="auto",
+                  help="XLA:CPU flags put before XLA_FLAGS, as train.xla_cpu_flags: 'auto' (the "
+                       "command lines' default), 'none', or '--xla_...' flags")
   args = ap.parse_args(argv)
+  try:  # before anything starts the backend (XLA reads XLA_FLAGS once)
+    xla_flags = runtime.merge_xla_flags(runtime.parse_xla_cpu_flags(args.xla_flags, "--xla-flags"))
+  except ConfigError as e:
+    ap.error(str(e))
   if args.omp_wait_policy and "torch" not in sys.modules:
     os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
   rng = np.random.default_rng(0)
@@ -225,7 +236,7 @@ def main(argv=None):
           "hardware": f"{cpu_name()}, {os.cpu_count()} cores" if jax.default_backend() == "cpu"
           else str(jax.devices()[0].device_kind), "jax": jax.__version__, "batch": args.batch,
           "input": "32x32x3", "pairs": len(pairs), "inner_steps": 2, "source_weights": weights,
-          "load_average_at_end": os.getloadavg()}
+          "load_average_at_end": os.getloadavg(), "xla_flags": xla_flags}
   if any(m in TORCH_METHODS for m in results):
     import torch
     meta["torch"] = torch.__version__
@@ -243,7 +254,8 @@ def main(argv=None):
   lines = [f"# L2T iteration cost ({meta['hardware']})", "",
            f"Command: `{meta['command']}`; commit {commit}; {meta['date']}; jax {jax.__version__};"
            f" batch {args.batch}, 32x32, {len(pairs)} pairs, T=2; median of {args.steps} after "
-           f"{args.warmup} warm-up; 1-min load average at the end {meta['load_average_at_end'][0]:.2f}.", "",
+           f"{args.warmup} warm-up; 1-min load average at the end {meta['load_average_at_end'][0]:.2f};"
+           f" XLA_FLAGS `{xla_flags or '(none)'}`.", "",
            "| step | median s | IQR s | img/s | x plain step | x same-framework plain |",
            "|---|---:|---:|---:|---:|---:|"]
   for m, r in results.items():

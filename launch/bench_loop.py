@@ -41,6 +41,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import benchmark as bm  # noqa: E402  (launch/benchmark.py: SPECS, step setup, machine metadata)
+from tl_jax import runtime  # noqa: E402
+from tl_jax.errors import ConfigError  # noqa: E402
 from tl_jax.models import layers  # noqa: E402
 from tl_jax.models.materialize import MODES, materialize_mode  # noqa: E402
 
@@ -91,7 +93,15 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True)
   p.add_argument("--smoke", action="store_true")
   p.add_argument("--out", default="")
+  p.add_argument("--xla-flags", default="auto",
+                 help="XLA:CPU flags put before XLA_FLAGS, as train.xla_cpu_flags: 'auto' (the "
+                      "command lines' default), 'none', or '--xla_...' flags")
   args = p.parse_args(argv)
+  try:  # before anything starts the backend (XLA reads XLA_FLAGS once)
+    runtime.merge_xla_flags(runtime.parse_xla_cpu_flags(args.xla_flags, "--xla-flags"))
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2)
   models = ["lenet5"] if args.smoke else bm.model_keys(args.models)
   strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
   allowed = layers.CONV_CHOICES["dense"]  # a strategy applies to dense and 1x1 convs alike

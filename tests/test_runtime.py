@@ -38,6 +38,18 @@ def test_flags_resolve_as_documented():
     with pytest.raises(ConfigError, match=r"^train\.xla_cpu_flags: got .*allowed: 'auto'"):
       runtime.xla_cpu_flags(_config("vgg9", bad))
 
+  # the benchmark scripts' --xla-flags resolve the same way, naming their own option
+  assert runtime.parse_xla_cpu_flags("auto", "--xla-flags") == runtime.AUTO_FLAGS
+  with pytest.raises(ConfigError, match=r"^--xla-flags: got 'fast'"):
+    runtime.parse_xla_cpu_flags("fast", "--xla-flags")
+
+
+def test_auto_flags_turn_ynn_convolutions_off_for_the_models():
+  """What the models read (layers.ynn_convolutions) agrees with what 'auto' sets."""
+  from tl_jax.models import layers
+  assert not layers.ynn_convolutions(" ".join(runtime.AUTO_FLAGS))
+  assert layers.ynn_convolutions("")
+
 
 def test_apply_puts_the_models_flags_before_the_callers(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot --xla_z=1")

@@ -36,11 +36,11 @@ AUTO_FLAGS: tuple[str, ...] = (NO_YNN_CONV,)  # 'auto', for every model
 ALLOWED = "'auto' (tl_jax's measured flags), 'none' (XLA's defaults) or XLA flags ('--xla_...')"
 
 
-def xla_cpu_flags(config: Any) -> tuple[str, ...]:
-  """The XLA flags `config` asks for (`train.xla_cpu_flags` resolved)."""
-  setting = config.train.get("xla_cpu_flags", "auto")
+def parse_xla_cpu_flags(setting: Any, field: str = "train.xla_cpu_flags") -> tuple[str, ...]:
+  """The XLA flags a setting ('auto', 'none' or '--xla_...' flags) stands for; anything else is a
+  ConfigError naming `field`."""
   if not isinstance(setting, str):
-    raise ConfigError("train.xla_cpu_flags", setting, ALLOWED)
+    raise ConfigError(field, setting, ALLOWED)
   if setting == "auto":
     return AUTO_FLAGS
   if setting in ("none", ""):
@@ -48,19 +48,28 @@ def xla_cpu_flags(config: Any) -> tuple[str, ...]:
   flags = tuple(setting.split())
   bad = [f for f in flags if not f.startswith("--xla_")]
   if bad:
-    raise ConfigError("train.xla_cpu_flags", setting, ALLOWED)
+    raise ConfigError(field, setting, ALLOWED)
   return flags
 
 
-def apply_xla_cpu_flags(config: Any) -> str:
-  """Puts `xla_cpu_flags(config)` in front of the XLA_FLAGS environment variable (the caller's own
-  flags come after them, so they win) and returns the value now in force. Call it before the
-  first JAX computation of the process."""
-  flags = xla_cpu_flags(config)
+def xla_cpu_flags(config: Any) -> tuple[str, ...]:
+  """The XLA flags `config` asks for (`train.xla_cpu_flags` resolved)."""
+  return parse_xla_cpu_flags(config.train.get("xla_cpu_flags", "auto"))
+
+
+def merge_xla_flags(flags: tuple[str, ...]) -> str:
+  """Puts `flags` in front of the XLA_FLAGS environment variable (the caller's own flags come
+  after them, so they win) and returns the value now in force. Call it before the first JAX
+  computation of the process."""
   own = os.environ.get("XLA_FLAGS", "")
   merged = " ".join([*(f for f in flags if f not in own.split()), own]).strip()
   os.environ["XLA_FLAGS"] = merged
   return merged
+
+
+def apply_xla_cpu_flags(config: Any) -> str:
+  """`merge_xla_flags(xla_cpu_flags(config))`: a run's flags in force for this process."""
+  return merge_xla_flags(xla_cpu_flags(config))
 
 
 def setup(config: Any | None = None) -> None:
