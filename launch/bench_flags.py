@@ -40,6 +40,8 @@ VARIANTS = {  # name -> XLA_FLAGS (added to whatever XLA_FLAGS the caller set)
     # YNNPACK without its convolutions (dots, fusions kept): Eigen's convs, YNNPACK's matmuls
     "no_ynn_conv": "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
     "ynn_dot_only": "--xla_cpu_experimental_ynn_fusion_type=individual_dot",  # no fusions
+    # also without YNNPACK's reductions (BatchNorm's statistics are reduce fusions)
+    "no_ynn_conv_reduce": "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution,-reduce",
     "no_xnn": "--xla_cpu_experimental_xnn_fusion_type=",
     "onednn": "--xla_cpu_use_onednn=true",
     "onednn_custom_call": "--xla_cpu_experimental_onednn_custom_call=true",
