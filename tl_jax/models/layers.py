@@ -381,7 +381,6 @@ def select_conv_impl(kernel_shape: Sequence[int], groups: int, out_hw: Sequence[
                            strides, small_map_pixels)
 
 
-
 _SECOND_ORDER = contextvars.ContextVar("tl_jax_second_order", default=False)
 
 
@@ -428,6 +427,7 @@ def ynn_convolutions(xla_flags: str | None = None) -> bool:
     return True
   # a plain list replaces the default set; +/- entries only edit it
   return all(k[0] in "+-" for k in kinds)
+
 
 class Conv(nn.Module):
   """2-D convolution with `nn.Conv`'s parameter layout and a choice of formulations (im2col for

@@ -33,8 +33,8 @@ import jax
 import jax.numpy as jnp
 
 from tl_jax.errors import check_choice
-from tl_jax.models import layers
-from tl_jax.models.layers import SMALL_MAP_PIXELS, Conv, batch_norm, he_fan_out, max_pool
+from tl_jax.models.layers import (SMALL_MAP_PIXELS, Conv, batch_norm, he_fan_out, is_second_order,
+                                   max_pool, ynn_convolutions)
 
 VGG9_CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
@@ -47,7 +47,7 @@ def default_im2col_max_pixels(backend: str | None = None) -> int:
   (default: jax's), the trace-time `layers.second_order` context and the XLA flags in force."""
   if (backend or jax.default_backend()) != "cpu":
     return SMALL_MAP_PIXELS
-  if layers.is_second_order() or layers.ynn_convolutions():
+  if is_second_order() or ynn_convolutions():
     return IM2COL_CPU_MAX_PIXELS
   return SMALL_MAP_PIXELS
 
