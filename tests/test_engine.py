@@ -305,7 +305,8 @@ def test_four_devices_equal_one_device(setup, k1_run, tmp_path):
   out = tmp_path / "dev4"
   # 4 fake devices share 2 cores (and the other pytest worker): XLA:CPU aborts an all-reduce
   # whose participants do not all arrive within 40 s by default, which a loaded CI machine hit
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4 "
+  env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+             "--xla_force_host_platform_device_count=4 "
              "--xla_cpu_collective_call_terminate_timeout_seconds=900")
   script = _DEVICES_SCRIPT.format(root=str(ROOT), args=json.dumps([data, str(src), str(out)]))
   proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
