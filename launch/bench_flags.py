@@ -42,6 +42,9 @@ VARIANTS = {  # name -> XLA_FLAGS (added to whatever XLA_FLAGS the caller set)
     "ynn_dot_only": "--xla_cpu_experimental_ynn_fusion_type=individual_dot",  # no fusions
     # also without YNNPACK's reductions (BatchNorm's statistics are reduce fusions)
     "no_ynn_conv_reduce": "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution,-reduce",
+    # 'auto' with the concurrency-optimised scheduler (small models leave a core idle)
+    "no_ynn_conv_concurrency": "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution "
+                               "--xla_cpu_enable_concurrency_optimized_scheduler=true",
     "no_xnn": "--xla_cpu_experimental_xnn_fusion_type=",
     "onednn": "--xla_cpu_use_onednn=true",
     "onednn_custom_call": "--xla_cpu_experimental_onednn_custom_call=true",
