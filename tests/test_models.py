@@ -293,7 +293,7 @@ def test_vgg9_im2col_default_follows_backend_flags_and_order(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "")
   assert vgg.default_im2col_max_pixels("gpu") == layers.SMALL_MAP_PIXELS
   assert vgg.default_im2col_max_pixels("cpu") == vgg.IM2COL_CPU_MAX_PIXELS
-  monkeypatch.setenv("XLA_FLAGS", NO_YNN_CONV)  # tl_jax.runtime's 'auto'
+  monkeypatch.setenv("XLA_FLAGS", NO_YNN_CONV)  # as tl_jax.runtime's 'auto'
   assert vgg.default_im2col_max_pixels("cpu") == layers.SMALL_MAP_PIXELS
   assert vgg.default_im2col_max_pixels("tpu") == layers.SMALL_MAP_PIXELS
   with layers.second_order():

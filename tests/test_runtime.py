@@ -30,7 +30,8 @@ def _config(model="lenet5", setting=None):
 def test_flags_resolve_as_documented():
   # YNNPACK's dots help EfficientNet-Lite0's and ResNet-50's 1x1 convolutions; its convs help none
   for model in ("lenet5", "resnet32", "efficientnet_lite0", "tiny_cnn"):
-    assert runtime.xla_cpu_flags(_config(model)) == (runtime.NO_YNN_CONV,) == runtime.AUTO_FLAGS
+    assert runtime.xla_cpu_flags(_config(model)) == runtime.AUTO_FLAGS
+  assert runtime.AUTO_FLAGS == (runtime.NO_YNN_CONV, runtime.CONCURRENCY_SCHEDULER)
   assert runtime.xla_cpu_flags(_config("lenet5", "none")) == ()
   assert runtime.xla_cpu_flags(_config("vgg9", "--xla_a=1 --xla_b=2")) == ("--xla_a=1",
                                                                            "--xla_b=2")
@@ -56,11 +57,12 @@ def test_apply_puts_the_models_flags_before_the_callers(monkeypatch):
   got = runtime.apply_xla_cpu_flags(_config("lenet5"))
   assert got == os.environ["XLA_FLAGS"]
   # the caller's own setting of the same flag comes last: XLA keeps the last one it reads
-  assert got.split() == [runtime.NO_YNN_CONV, "--xla_cpu_experimental_ynn_fusion_type=dot",
+  assert got.split() == [*runtime.AUTO_FLAGS, "--xla_cpu_experimental_ynn_fusion_type=dot",
                          "--xla_z=1"]
   assert runtime.apply_xla_cpu_flags(_config("lenet5")) == got  # idempotent
-  monkeypatch.setenv("XLA_FLAGS", runtime.NO_YNN_CONV)
-  assert runtime.apply_xla_cpu_flags(_config("lenet5")) == runtime.NO_YNN_CONV
+  monkeypatch.setenv("XLA_FLAGS", runtime.NO_YNN_CONV)  # flags already there are not repeated
+  assert runtime.apply_xla_cpu_flags(_config("lenet5")) == " ".join(
+      [runtime.CONCURRENCY_SCHEDULER, runtime.NO_YNN_CONV])
   monkeypatch.delenv("XLA_FLAGS")
   assert runtime.apply_xla_cpu_flags(_config("vgg9", "none")) == ""
 
@@ -92,5 +94,5 @@ def _probe(model, setting):
 
 def test_setup_before_the_backend_reaches_xla():
   assert _probe("vgg9", "none") == {"ynn": True, "flags": ""}  # XLA's default: a YNNPACK dot
-  assert _probe("vgg9", "auto") == {"ynn": True, "flags": runtime.NO_YNN_CONV}  # dots kept
+  assert _probe("vgg9", "auto") == {"ynn": True, "flags": " ".join(runtime.AUTO_FLAGS)}  # dots kept
   assert _probe("lenet5", runtime.NO_YNN) == {"ynn": False, "flags": runtime.NO_YNN}
