@@ -1,7 +1,7 @@
 """Per-iteration cost of UFM / L2T-ww / L2T-www vs a plain VGG-9 train step (not a test).
 
     python launch/bench_l2t.py [--batch 64] [--steps 10] [--warmup 3] [--methods ...]
-                               [--out results/benchmarks]
+                               [--out results/benchmarks] [--gemm]
 
 ResNet-32 source (the shared L2T-ww weights when present, else random) -> VGG-9 target, 32x32,
 15 pairs, T = 2. Each method's jitted iteration is timed with block_until_ready; median and IQR
@@ -14,6 +14,11 @@ tests/test_bench_torch_l2t.py), started from the same weights (the torch objects
 the tl_jax state) with torch.set_num_threads(os.cpu_count()). Both frameworks augment inside the
 timed step (pad-4 crop + flip + ImageNet normalisation of the same uint8 batch; torch does it with
 torch ops and its own RNG).
+
+Work per step: each tl_jax program is compiled ahead of time and its XLA cost-analysis FLOP
+count is reported with the achieved GFLOP/s (torch_* runs the same iteration, so the same count
+is used for it); --gemm adds what a large float32 matmul achieves on the machine (XLA's and
+PyTorch's), the ceiling no convolution network's step reaches.
 
 XLA:CPU flags: --xla-flags (default 'auto', the flags `tl_jax.main` and launch/sweep.py run with;
 'none' for XLA's defaults), recorded in the output with whatever XLA_FLAGS the caller set.
@@ -90,6 +95,29 @@ def time_calls(step, warmup: int, n: int) -> np.ndarray:
   return np.asarray(times)
 
 
+def compiled_gflop(compiled) -> float | None:
+  """XLA's cost-analysis FLOP count of a compiled program, in GFLOP (None if it has none)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = (cost or {}).get("flops")
+  return float(flops) / 1e9 if flops else None
+
+
+def gemm_gflop_per_s(torch_threads: int, which: str = "") -> dict[str, float]:
+  """What a large float32 matmul achieves here (the ceiling of a conv net's step): XLA's and,
+  with which='torch', PyTorch's GFLOP/s on 2048^3, median of 7 after one warm-up."""
+  n, out = 2048, {}
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+  mm = jax.jit(lambda m: m @ m)
+  out["xla"] = 2 * n ** 3 / float(np.median(time_calls(lambda: mm(a).block_until_ready(), 1, 7))) / 1e9
+  if which == "torch":
+    import torch
+    torch.set_num_threads(torch_threads)
+    t = torch.from_numpy(np.asarray(a).copy())
+    out["torch"] = 2 * n ** 3 / float(np.median(time_calls(lambda: t @ t, 1, 7))) / 1e9
+  return out
+
+
 def jax_step(fn, state, batch, key):
   """A no-argument closure advancing `state` by one donated, jitted step and waiting for it."""
   box = [state]
@@ -159,6 +187,8 @@ def main(argv=None):
   ap.add_argument("--torch-threads", type=int, default=os.cpu_count())
   ap.add_argument("--omp-wait-policy", default="PASSIVE",
                   help="OMP_WAIT_POLICY for torch's OpenMP ('' = leave unset); see the docstring")
+  ap.add_argument("--gemm", action="store_true",
+                  help="also time a float32 2048^3 matmul (XLA; torch too when torch methods run)")
   ap.add_argument("--xla-flags", default="auto",
                   help="XLA:CPU flags put before XLA_FLAGS, as train.xla_cpu_flags: 'auto' (the "
                        "command lines' default), 'none', or '--xla_...' flags")
@@ -186,7 +216,7 @@ def main(argv=None):
   pairs = parse_pairs(PAIRS, feature_shapes(source, s_vars, (32, 32, 3)),
                       feature_shapes(target, t_vars, (32, 32, 3)))
   aug = augment.make_augment({"augment": "crop_flip", "normalize": "imagenet"})
-  results = {}
+  results, gflop = {}, {}
   methods = args.methods.split(",")
   bad = sorted(set(methods) - set(JAX_METHODS + TORCH_METHODS))
   if bad:
@@ -202,7 +232,7 @@ def main(argv=None):
              "schedule": "constant"}
       tx = optim.make_optimizer(cfg, 1, 1, t_vars["params"])
       state = TrainState.create(target.apply, t_vars["params"], t_vars["batch_stats"], tx)
-      fn = steps.make_train_step(target, aug)
+      fn, extra = steps.make_train_step(target, aug), ()
     else:
       kt = KnowledgeTransfer(source, target, pairs, KTConfig(method=method),
                              lambda s: jnp.asarray(0.1), preprocess=aug)
@@ -210,15 +240,25 @@ def main(argv=None):
       # the frozen source is an argument of every (jitted, state-donating) iteration, on device
       # once here so the timed calls do not transfer it
       s_dev = jax.device_put(s_vars)
-      fn = lambda st, b, k, kt=kt, s_dev=s_dev: kt.l2t_iteration(st, b, k, s_dev)  # noqa: E731
+      fn, extra = kt.l2t_iteration, (s_dev,)
     if method not in TORCH_METHODS:
       state = jax.tree.map(jnp.array, state)  # fresh buffers (the step donates its input)
-      times = time_calls(jax_step(fn, state, batch, key), args.warmup, args.steps)
+      compiled = fn.lower(state, batch, key, *extra).compile()  # the timed program
+      gflop[method] = compiled_gflop(compiled)
+      step = lambda st, b, k, c=compiled, e=extra: c(st, b, k, *e)  # noqa: E731
+      times = time_calls(jax_step(step, state, batch, key), args.warmup, args.steps)
     med = float(np.median(times))
     results[method] = {"median_s": med, "iqr_s": float(np.subtract(*np.percentile(times, [75, 25]))),
                        "images_per_s": args.batch / med, "times_s": times.tolist(),
                        "compile_and_warmup_s": time.perf_counter() - t0 - float(times.sum())}
     print(f"{method:>13s}: {med:.3f} s/iteration ({args.batch / med:.1f} img/s)", flush=True)
+  for m, r in results.items():  # torch runs the same iteration: the same work per step
+    g = gflop.get(m[len("torch_"):] if m in TORCH_METHODS else m)
+    if g:
+      r["xla_gflop"] = g
+      r["gflop_per_s"] = g / r["median_s"]
+  gemm = gemm_gflop_per_s(args.torch_threads, "torch" if any(
+      m in TORCH_METHODS for m in results) else "") if args.gemm else {}
   if "plain" in results:
     for m, r in results.items():
       r["ratio_to_plain"] = r["median_s"] / results["plain"]["median_s"]
@@ -236,7 +276,7 @@ def main(argv=None):
           "hardware": f"{cpu_name()}, {os.cpu_count()} cores" if jax.default_backend() == "cpu"
           else str(jax.devices()[0].device_kind), "jax": jax.__version__, "batch": args.batch,
           "input": "32x32x3", "pairs": len(pairs), "inner_steps": 2, "source_weights": weights,
-          "load_average_at_end": os.getloadavg(), "xla_flags": xla_flags}
+          "load_average_at_end": os.getloadavg(), "xla_flags": xla_flags, "gemm": gemm}
   if any(m in TORCH_METHODS for m in results):
     import torch
     meta["torch"] = torch.__version__
@@ -256,12 +296,19 @@ def main(argv=None):
            f" batch {args.batch}, 32x32, {len(pairs)} pairs, T=2; median of {args.steps} after "
            f"{args.warmup} warm-up; 1-min load average at the end {meta['load_average_at_end'][0]:.2f};"
            f" XLA_FLAGS `{xla_flags or '(none)'}`.", "",
-           "| step | median s | IQR s | img/s | x plain step | x same-framework plain |",
-           "|---|---:|---:|---:|---:|---:|"]
+           "| step | median s | IQR s | img/s | x plain step | x same-framework plain | "
+           "XLA GFLOP | GFLOP/s |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+  nan = float("nan")
   for m, r in results.items():
     lines.append(f"| {m} | {r['median_s']:.3f} | {r['iqr_s']:.3f} | {r['images_per_s']:.1f} | "
-                 f"{r.get('ratio_to_plain', float('nan')):.2f} | "
-                 f"{r.get('ratio_to_own_plain', float('nan')):.2f} |")
+                 f"{r.get('ratio_to_plain', nan):.2f} | {r.get('ratio_to_own_plain', nan):.2f} | "
+                 f"{r.get('xla_gflop', nan):.1f} | {r.get('gflop_per_s', nan):.1f} |")
+  lines += ["", "XLA GFLOP: `compiled.cost_analysis()['flops']` of tl_jax's program (for torch_* "
+            "the same method's count: the same iteration)."]
+  if gemm:
+    lines += ["", "float32 2048^3 matmul, GFLOP/s (median of 7): " + ", ".join(
+        f"{k} {v:.1f}" for k, v in gemm.items()) + "."]
   if "torch_note" in meta:
     lines += ["", f"torch {meta['torch']}, {meta['torch_threads']} threads, OMP_WAIT_POLICY "
               f"{meta['omp_wait_policy']}: {meta['torch_note']}. "
