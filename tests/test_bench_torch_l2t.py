@@ -242,15 +242,29 @@ def test_load_kt_state_rejects_an_lr_scale():
     tl.load_kt_state(tkt, state.replace(opt_state=optim.set_lr_scale(state.opt_state, 0.5)), sv)
 
 
-def test_bench_torch_augment_is_pad4_crop_flip_normalise():
-  """launch/bench_l2t.py's torch augmentation = the JAX pipeline's transforms: every output is a
-  32x32 crop of the zero-padded (4 px) image, maybe h-flipped, ImageNet-normalised."""
+def _bench_l2t():
   import importlib.util
   import pathlib
   path = pathlib.Path(__file__).resolve().parent.parent / "launch" / "bench_l2t.py"
   spec = importlib.util.spec_from_file_location("bench_l2t_under_test", path)
   bench = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(bench)
+  return bench
+
+
+def test_bench_flop_count_is_xlas_for_a_matmul():
+  """The GFLOP that launch/bench_l2t.py reports per program are XLA's count: 2·m·k·n for a
+  (m, k) @ (k, n) matmul (a wrong key or unit would read 0, None or off by 1e9)."""
+  bench = _bench_l2t()
+  a, b = jnp.ones((64, 96), jnp.float32), jnp.ones((96, 80), jnp.float32)
+  compiled = jax.jit(lambda x, y: x @ y).lower(a, b).compile()
+  assert bench.compiled_gflop(compiled) == pytest.approx(2 * 64 * 96 * 80 / 1e9, rel=1e-6)
+
+
+def test_bench_torch_augment_is_pad4_crop_flip_normalise():
+  """launch/bench_l2t.py's torch augmentation = the JAX pipeline's transforms: every output is a
+  32x32 crop of the zero-padded (4 px) image, maybe h-flipped, ImageNet-normalised."""
+  bench = _bench_l2t()
   rng = np.random.default_rng(0)
   imgs = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
   out = bench.torch_augment(torch.from_numpy(imgs), torch.Generator().manual_seed(0)).numpy()
