@@ -13,7 +13,9 @@ memory (ru_maxrss) is its own; the epoch times are the engine's per-epoch wall t
 compiled call per epoch) and the first epoch, which compiles, is excluded. `--flops` prints the
 FLOPs of one compiled step per method from `jit(...).lower(...).compile().cost_analysis()`.
 Results go to --out (results/benchmarks/engine) as bench_sweep_<what>.json (atomically); the README is written by hand
-from them, with the command beside each number.
+from them, with the command beside each number. XLA flags: this script sets none (XLA's
+defaults); to measure what the sweep runs, export the command lines' `auto` flags
+(`tl_jax.runtime.AUTO_FLAGS`) as XLA_FLAGS, which every child inherits and the JSON records.
 """
 
 from __future__ import annotations
@@ -194,6 +196,7 @@ def main(argv=None):
   meta = {"command": "python launch/bench_sweep.py " + " ".join(argv or sys.argv[1:]),
           "commit": git_commit(), "hardware": hardware_description(),
           "backend": jax.default_backend(), "jax": jax.__version__,
+          "xla_flags": os.environ.get("XLA_FLAGS", ""),  # the caller's: this script sets none
           "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
   results = []
   if args.flops:
