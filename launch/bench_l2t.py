@@ -48,7 +48,11 @@ import jax.numpy as jnp
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "launch"):
+  if str(_p) not in sys.path:
+    sys.path.insert(0, str(_p))
+
+import benchmark as bm  # noqa: E402  (launch/benchmark.py: xla_flops)
 
 from tl_jax import models, paths, runtime  # noqa: E402
 from tl_jax.errors import ConfigError  # noqa: E402
@@ -95,22 +99,14 @@ def time_calls(step, warmup: int, n: int) -> np.ndarray:
   return np.asarray(times)
 
 
-def compiled_gflop(compiled) -> float | None:
-  """XLA's cost-analysis FLOP count of a compiled program, in GFLOP (None if it has none)."""
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = (cost or {}).get("flops")
-  return float(flops) / 1e9 if flops else None
-
-
-def gemm_gflop_per_s(torch_threads: int, which: str = "") -> dict[str, float]:
+def gemm_gflop_per_s(torch_threads: int | None = None) -> dict[str, float]:
   """What a large float32 matmul achieves here (the ceiling of a conv net's step): XLA's and,
-  with which='torch', PyTorch's GFLOP/s on 2048^3, median of 7 after one warm-up."""
+  given `torch_threads`, PyTorch's GFLOP/s on 2048^3, median of 7 after one warm-up."""
   n, out = 2048, {}
   a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
   mm = jax.jit(lambda m: m @ m)
   out["xla"] = 2 * n ** 3 / float(np.median(time_calls(lambda: mm(a).block_until_ready(), 1, 7))) / 1e9
-  if which == "torch":
+  if torch_threads:
     import torch
     torch.set_num_threads(torch_threads)
     t = torch.from_numpy(np.asarray(a).copy())
@@ -244,7 +240,7 @@ def main(argv=None):
     if method not in TORCH_METHODS:
       state = jax.tree.map(jnp.array, state)  # fresh buffers (the step donates its input)
       compiled = fn.lower(state, batch, key, *extra).compile()  # the timed program
-      gflop[method] = compiled_gflop(compiled)
+      gflop[method] = bm.xla_flops(compiled) / 1e9
       step = lambda st, b, k, c=compiled, e=extra: c(st, b, k, *e)  # noqa: E731
       times = time_calls(jax_step(step, state, batch, key), args.warmup, args.steps)
     med = float(np.median(times))
@@ -257,8 +253,8 @@ def main(argv=None):
     if g:
       r["xla_gflop"] = g
       r["gflop_per_s"] = g / r["median_s"]
-  gemm = gemm_gflop_per_s(args.torch_threads, "torch" if any(
-      m in TORCH_METHODS for m in results) else "") if args.gemm else {}
+  with_torch = any(m in TORCH_METHODS for m in results)
+  gemm = gemm_gflop_per_s(args.torch_threads if with_torch else None) if args.gemm else {}
   if "plain" in results:
     for m, r in results.items():
       r["ratio_to_plain"] = r["median_s"] / results["plain"]["median_s"]

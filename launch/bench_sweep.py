@@ -32,7 +32,11 @@ import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "launch"):
+  if str(_p) not in sys.path:
+    sys.path.insert(0, str(_p))
+
+import benchmark as bm  # noqa: E402  (launch/benchmark.py: xla_flops)
 
 MODES = ("vmap", "map", "separate", "two_procs")
 # two_procs: two processes at once, each pinned to one core (taskset) with half the seeds as one
@@ -125,16 +129,13 @@ def flops(batch: int) -> dict:
     state = jax.jit(seg.learner.init)(jax.random.key(0), tv)
     b = {"image": jnp.asarray(images[:batch]), "label": jnp.asarray(labels[:batch]),
          "mask": jnp.ones(batch, jnp.float32)}
-    lowered = jax.jit(seg.learner.step).lower(state, b, jax.random.key(1), consts)
-    cost = lowered.compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    ev = jax.jit(seg.learner.eval_logits).lower(seg.learner.eval_variables(state),
-                                                b["image"]).compile().cost_analysis()
-    ev = ev[0] if isinstance(ev, (list, tuple)) else ev
-    out[method] = {"train_step_flops": float(cost["flops"]),
-                   "eval_flops_per_image": float(ev["flops"]) / batch}
-    print(f"{method:>8s}: {cost['flops'] / 1e9:10.1f} GFLOP per step of batch {batch}; "
-          f"eval {ev['flops'] / batch / 1e6:.1f} MFLOP per image", flush=True)
+    train = bm.xla_flops(jax.jit(seg.learner.step).lower(state, b, jax.random.key(1),
+                                                         consts).compile())
+    ev = bm.xla_flops(jax.jit(seg.learner.eval_logits).lower(seg.learner.eval_variables(state),
+                                                             b["image"]).compile())
+    out[method] = {"train_step_flops": train, "eval_flops_per_image": ev / batch}
+    print(f"{method:>8s}: {train / 1e9:10.1f} GFLOP per step of batch {batch}; "
+          f"eval {ev / batch / 1e6:.1f} MFLOP per image", flush=True)
   del np
   return out
 

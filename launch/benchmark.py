@@ -246,6 +246,14 @@ def model_keys(text: str) -> list[str]:
   return keys
 
 
+def xla_flops(compiled) -> float:
+  """XLA's cost-analysis FLOP count of a compiled jax program (`jit(f).lower(...).compile()`);
+  0.0 when XLA reports none. (Some jax versions return one dict per device in a list.)"""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float((cost or {}).get("flops", 0.0))
+
+
 def atomic_write(path: Path, text: str) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -253,12 +253,12 @@ def _bench_l2t():
 
 
 def test_bench_flop_count_is_xlas_for_a_matmul():
-  """The GFLOP that launch/bench_l2t.py reports per program are XLA's count: 2·m·k·n for a
-  (m, k) @ (k, n) matmul (a wrong key or unit would read 0, None or off by 1e9)."""
+  """The FLOP counts launch/bench_l2t.py and bench_sweep.py report (launch/benchmark.py's
+  `xla_flops`) are XLA's: 2·m·k·n for a (m, k) @ (k, n) matmul (a wrong key would read 0)."""
   bench = _bench_l2t()
   a, b = jnp.ones((64, 96), jnp.float32), jnp.ones((96, 80), jnp.float32)
   compiled = jax.jit(lambda x, y: x @ y).lower(a, b).compile()
-  assert bench.compiled_gflop(compiled) == pytest.approx(2 * 64 * 96 * 80 / 1e9, rel=1e-6)
+  assert bench.bm.xla_flops(compiled) == pytest.approx(2 * 64 * 96 * 80, rel=1e-6)
 
 
 def test_bench_torch_augment_is_pad4_crop_flip_normalise():
