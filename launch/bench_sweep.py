@@ -5,10 +5,13 @@
     python launch/bench_sweep.py --method l2t_ww --k 8 --epochs 2
     python launch/bench_sweep.py --flops                    # XLA cost analysis, every method
     python launch/bench_sweep.py --method scratch --k 4 --modes map,two_procs   # 1 vs 2 processes
+    python launch/bench_sweep.py --model lenet5 --train_batches 8 --k 4 --modes vmap,map,two_procs
 
 The thesis shapes: VGG-9 target at 32x32, batch 128 (one full batch per epoch, as N = 10 per
 class gives 100 images), 15 pairs from a ResNet-32 source for L2T (random weights: timing does
-not depend on them). Each (method, mode) runs in its own subprocess so that its peak resident
+not depend on them). `--model` swaps the scratch target (LeNet-5, ResNet-32: the small models
+whose ops are too small to fill two cores) and `--train_batches` gives an epoch more than one
+batch. Each (method, mode) runs in its own subprocess so that its peak resident
 memory (ru_maxrss) is its own; the epoch times are the engine's per-epoch wall times (one
 compiled call per epoch) and the first epoch, which compiles, is excluded. `--flops` prints the
 FLOPs of one compiled step per method from `jit(...).lower(...).compile().cost_analysis()`.
@@ -42,10 +45,12 @@ MODES = ("vmap", "map", "separate", "two_procs")
 # two_procs: two processes at once, each pinned to one core (taskset) with half the seeds as one
 # lax.map program - the alternative to one process using both cores for K seeds
 METHODS = ("scratch", "ufm", "l2t_ww", "l2t_www")
+MODELS = ("vgg9", "lenet5", "resnet32")  # scratch targets; the L2T methods train VGG-9
 
 
-def build(method: str, batch: int, epochs: int):
-  """(segments, consts, variables_of_one_seed, image pool, labels) at the thesis shapes."""
+def build(method: str, batch: int, epochs: int, model: str = "vgg9", train_batches: int = 1):
+  """(segment, consts, variables_of_one_seed, image pool, labels): the thesis shapes by default
+  (`train_batches` batches of training images, then 128 validation images)."""
   import jax
   import numpy as np
   from tl_jax import models
@@ -57,7 +62,7 @@ def build(method: str, batch: int, epochs: int):
   from tl_jax.train import optim
   inp = {"augment": "crop_flip", "normalize": "imagenet"}
   aug, pre = augment.make_augment(inp), augment.make_preprocess(inp)
-  target = models.create_model("vgg9", 10)
+  target = models.create_model(model, 10)
   x0 = np.zeros((1, 32, 32, 3), np.float32)
   tv = jax.jit(lambda k: target.init({"params": k, "dropout": k}, x0, train=False))(
       jax.random.key(0))
@@ -65,7 +70,7 @@ def build(method: str, batch: int, epochs: int):
           "decay_type": "coupled", "schedule": "cosine", "schedule_unit": "epoch"}
   consts = None
   if method == "scratch":
-    tx = optim.make_optimizer(ocfg, 1, epochs, tv["params"])
+    tx = optim.make_optimizer(ocfg, train_batches, epochs, tv["params"])
     learner = SupervisedLearner(target, tx, aug, pre)
   else:
     source = models.create_model("resnet32", 200)
@@ -79,7 +84,7 @@ def build(method: str, batch: int, epochs: int):
     learner = FeatureMatchingLearner(kt, pre)
   seg = engine.Segment("train", epochs, learner, 0.1)
   rng = np.random.default_rng(0)
-  n = batch + 128  # one training batch + 128 validation images
+  n = batch * train_batches + 128  # the training batches + 128 validation images
   images = rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)
   labels = rng.integers(0, 10, n).astype(np.int32)
   return seg, consts, dict(tv), images, labels
@@ -94,7 +99,9 @@ def child(args) -> dict:
   # (compile time is excluded from the steady-state numbers either way)
   jax.config.update("jax_compilation_cache_dir", args.cache_dir)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  seg, consts, tv, images, labels = build(args.method, args.batch, args.epochs)
+  seg, consts, tv, images, labels = build(args.method, args.batch, args.epochs, args.model,
+                                          args.train_batches)
+  n_train = args.batch * args.train_batches
   cfg = engine.FitConfig(batch_size=args.batch, eval_batch_size=128,
                          seed_loop="map" if args.mode == "separate" else args.mode)
   groups = [[s] for s in range(args.k)] if args.mode == "separate" else [list(range(args.k))]
@@ -104,16 +111,17 @@ def child(args) -> dict:
     for g in groups:
       k = len(g)
       data = engine.SeedData(images, labels,
-                             np.tile(np.arange(args.batch, dtype=np.int32), (k, 1)),
-                             np.arange(args.batch, args.batch + 128), 10)
+                             np.tile(np.arange(n_train, dtype=np.int32), (k, 1)),
+                             np.arange(n_train, n_train + 128), 10)
       variables = jax.tree.map(lambda x: np.stack([np.asarray(x)] * k), tv)
       res = engine.fit([seg], data, g, variables, cfg,
                        [pathlib.Path(tmp) / f"s{s}" for s in g], consts=consts)
       per_epoch += np.array([r["time_s"] for r in res.histories[0]])
   steady = per_epoch[1:]
-  return {"method": args.method, "mode": args.mode, "k": args.k, "batch": args.batch,
+  return {"method": args.method, "model": args.model, "mode": args.mode, "k": args.k,
+          "batch": args.batch, "train_batches": args.train_batches,
           "epoch_s_all_seeds": per_epoch.tolist(), "median_epoch_s": float(np.median(steady)),
-          "images_per_s": args.k * args.batch / float(np.median(steady)),
+          "images_per_s": args.k * n_train / float(np.median(steady)),
           "first_epoch_s_incl_compile": float(per_epoch[0]), "wall_s": time.time() - t0,
           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
@@ -144,8 +152,9 @@ def run_child(args, mode: str, k: int, cache: str, cpu: int | None = None,
               wait: bool = True):
   """Runs one measurement in a subprocess (pinned to core `cpu` when given); its result dict,
   or the Popen when wait=False."""
-  cmd = [sys.executable, __file__, "--method", args.method, "--k", str(k), "--batch",
-         str(args.batch), "--epochs", str(args.epochs), "--mode", mode, "--cache_dir", cache]
+  cmd = [sys.executable, __file__, "--method", args.method, "--model", args.model,
+         "--train_batches", str(args.train_batches), "--k", str(k), "--batch", str(args.batch),
+         "--epochs", str(args.epochs), "--mode", mode, "--cache_dir", cache]
   if cpu is not None:
     cmd = ["taskset", "-c", str(cpu)] + cmd
   proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -171,7 +180,8 @@ def two_procs(args, cache: str) -> dict | None:
   parts = [collect(p) for p in procs]
   if any(p is None for p in parts):
     return None
-  return {"method": args.method, "mode": "two_procs", "k": args.k, "batch": args.batch,
+  return {"method": args.method, "model": args.model, "mode": "two_procs", "k": args.k,
+          "batch": args.batch, "train_batches": args.train_batches,
           "median_epoch_s": max(p["median_epoch_s"] for p in parts),
           "images_per_s": sum(p["images_per_s"] for p in parts),
           "peak_rss_mib": sum(p["peak_rss_mib"] for p in parts), "processes": parts}
@@ -180,6 +190,8 @@ def two_procs(args, cache: str) -> dict | None:
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--method", default="scratch", choices=METHODS)
+  ap.add_argument("--model", default="vgg9", choices=MODELS, help="scratch target")
+  ap.add_argument("--train_batches", type=int, default=1, help="training batches per epoch")
   ap.add_argument("--k", type=int, default=8)
   ap.add_argument("--batch", type=int, default=128)
   ap.add_argument("--epochs", type=int, default=4, help="epochs per run (the first compiles)")
@@ -189,6 +201,14 @@ def main(argv=None):
   ap.add_argument("--flops", action="store_true")
   ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "engine"))
   args = ap.parse_args(argv)
+  if args.model != "vgg9" and args.method != "scratch":
+    print(f"error: --model: got {args.model!r} with --method {args.method}; allowed: vgg9 "
+          "(the L2T target) unless --method scratch", file=sys.stderr)
+    return 2
+  if args.train_batches < 1:
+    print(f"error: --train_batches: got {args.train_batches}; allowed: an integer >= 1",
+          file=sys.stderr)
+    return 2
   if args.mode:
     print("RESULT " + json.dumps(child(args)), flush=True)
     return 0
@@ -211,14 +231,15 @@ def main(argv=None):
       r = two_procs(args, cache) if mode == "two_procs" else run_child(args, mode, args.k, cache)
       if r is None:
         return 1
-      print(f"{args.method} K={args.k} {mode:>8s}: {r['median_epoch_s']:.2f} s per epoch of all "
+      print(f"{args.method} {args.model} K={args.k} {mode:>8s}: {r['median_epoch_s']:.2f} s per epoch of all "
             f"seeds ({r['images_per_s']:.1f} img/s), peak RSS {r['peak_rss_mib']:.0f} MiB",
             flush=True)
       results.append(r)
   meta["load_average_at_end"] = os.getloadavg()
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  name = "flops" if args.flops else f"{args.method}_k{args.k}_b{args.batch}"
+  model = "" if args.model == "vgg9" else f"_{args.model}"
+  name = "flops" if args.flops else f"{args.method}{model}_k{args.k}_b{args.batch}"
   path = out / f"bench_sweep_{name}.json"
   tmp = path.with_suffix(".json.tmp")
   tmp.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
