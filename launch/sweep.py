@@ -10,6 +10,10 @@
 
 The pending seeds of each (method, N) run as one compiled program (`tl_jax.experiment.run_seeds`);
 `--config.sweep.seeds_per_unit=1` makes every seed its own unit (kept as soon as it finishes).
+`--processes=2` splits this host's cells between two processes, each pinned to half of the CPU
+cores: on a 2-core CPU that is 1.5x the seeds per hour for LeNet-5, whose ops are too small to
+keep two cores busy, while VGG-9, ResNet-32 and the L2T methods gain nothing or lose and need
+twice the memory, hence the default of one (results/benchmarks/README.md).
 On a SLURM cluster `--executor=slurm` submits one job per unit through submitit instead
 (`--slurm_partition`, `--slurm_gpus`, `--slurm_time_min`, ...; tl_jax.sweep.submit): jobs that
 are preempted or reach their time limit are requeued and resume from their checkpoints, and
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import subprocess
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -54,13 +59,70 @@ _SLURM_CPUS = flags.DEFINE_integer("slurm_cpus", 0, "CPUs per job.")
 _SLURM_MEM = flags.DEFINE_integer("slurm_mem_gb", 0, "Memory per job (GB).")
 _SLURM_TIME = flags.DEFINE_integer("slurm_time_min", 240, "Time limit per job (minutes); a job "
                                    "that reaches it is requeued and resumes from checkpoints.")
+_PROCESSES = flags.DEFINE_integer("processes", 1, "Processes on this machine (--executor=here), "
+                                  "each pinned to its share of the CPU cores and running every "
+                                  "P-th of this host's cells.")
 _KEEP = flags.DEFINE_bool("keep_going", True, "Log a failing cell and continue (exit 1 at end).")
+
+
+def core_shares(cpus: list[int], processes: int) -> list[list[int]]:
+  """`processes` contiguous, near-equal shares of the CPU ids `cpus`."""
+  n = len(cpus)
+  return [cpus[p * n // processes:(p + 1) * n // processes] for p in range(processes)]
+
+
+_OWN = ("--processes", "-processes", "--host_index", "-host_index", "--num_hosts", "-num_hosts")
+
+
+def run_processes(processes: int) -> int:
+  """Reruns this command as `processes` children pinned to their core shares: child p takes
+  host index host + num_hosts * p of num_hosts * processes, i.e. every P-th of this host's
+  cells. Exit status: the worst child's (130 after Ctrl-C)."""
+  shares = core_shares(sorted(os.sched_getaffinity(0)), processes)
+  base, skip = [], False
+  for a in sys.argv[1:]:  # this command without the flags each child gets its own value of
+    name = a.split("=", 1)[0]
+    if skip or name in _OWN:
+      skip = not skip and "=" not in a  # '--flag value': drop the value too
+      continue
+    base.append(a)
+  procs = []
+  for p, cores in enumerate(shares):
+    cmd = [sys.executable, os.path.abspath(__file__), *base, "--processes=1",
+           f"--host_index={_HOST.value + _NUM_HOSTS.value * p}",
+           f"--num_hosts={_NUM_HOSTS.value * processes}"]
+    procs.append(subprocess.Popen(cmd, preexec_fn=lambda c=cores: os.sched_setaffinity(0, c)))
+  print(f"{processes} processes, cores {' | '.join(','.join(map(str, c)) for c in shares)}",
+        file=sys.stderr)
+  interrupted = False
+  codes = []
+  for proc in procs:
+    while True:
+      try:
+        codes.append(proc.wait())
+        break
+      except KeyboardInterrupt:  # the children got the same SIGINT; wait for them to stop
+        interrupted = True
+  if interrupted or cli.EXIT_INTERRUPTED in codes:
+    print("error: interrupted (Ctrl-C); finished cells are kept: rerun the same command to "
+          "continue", file=sys.stderr)
+    return cli.EXIT_INTERRUPTED
+  return max(codes)
 
 
 def main(argv, kwargs=()):
   del argv
   if _WORKDIR.value is None:
     return cli.fail("--workdir: got nothing; allowed: the sweep's root directory")
+  if _PROCESSES.value != 1:
+    cores = len(os.sched_getaffinity(0))
+    if not 1 <= _PROCESSES.value <= cores:
+      return cli.fail(f"--processes: got {_PROCESSES.value}; allowed: 1..{cores} (the CPU cores "
+                      "this process may use)")
+    if _EXECUTOR.value != "here" or _PRINT.value:
+      return cli.fail(f"--processes: got {_PROCESSES.value}; allowed: 1 with --executor="
+                      f"{_EXECUTOR.value}{' and --print_commands' if _PRINT.value else ''} "
+                      "(several processes per machine are for --executor=here)")
   try:
     cli.apply_kwargs(_CONFIG.value, kwargs)
   except ConfigError as e:
@@ -95,6 +157,10 @@ def main(argv, kwargs=()):
         for j in jobs:
           j.result()
       return 0
+    if _PROCESSES.value > 1 and not _DRY.value:
+      grid.expand_grid(config, _WORKDIR.value)  # a bad grid is one error here, not one per child
+      grid.host_cells([], _HOST.value, _NUM_HOSTS.value)
+      return run_processes(_PROCESSES.value)
     if not _DRY.value:  # the same process setup as `python -m tl_jax.main`
       from tl_jax import runtime
       runtime.setup(config)

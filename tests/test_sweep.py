@@ -184,3 +184,46 @@ def test_launcher_prints_one_command_per_host_and_runs_a_share(tmp_path):
   assert done == ["scratch/n5/seed1/summary.json", "ufm/n5/seed1/summary.json"]
   s = json.loads((work / "ufm/n5/seed1/summary.json").read_text())
   assert s == {"method": "ufm", "epochs": 3}
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPU cores")
+def test_launcher_processes_split_the_cells_over_pinned_cores(tmp_path):
+  cfg = tmp_path / "exp.py"
+  cfg.write_text(textwrap.dedent("""
+    import ml_collections
+    from tl_jax.config import base_config
+    def get_config():
+      c = base_config()
+      c.sweep = ml_collections.ConfigDict(dict(methods=("scratch",), n_per_class=(5,), seeds=4))
+      return c
+  """))
+  (tmp_path / "fake_cell.py").write_text(textwrap.dedent("""
+    import json, os, pathlib
+    import ml_collections
+    def run(config, seeds, workdirs):
+      for seed, workdir in zip(seeds, workdirs):
+        cfg = ml_collections.ConfigDict(config.to_dict())
+        cfg.seed = seed  # the run's identity, as experiment.run_seeds records it
+        pathlib.Path(workdir, "config.json").write_text(cfg.to_json_best_effort())
+        pathlib.Path(workdir, "summary.json").write_text(json.dumps(
+            {"pid": os.getpid(), "cores": sorted(os.sched_getaffinity(0))}))
+  """))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path)]))
+  work = tmp_path / "runs"
+  args = [sys.executable, "launch/sweep.py", f"--config={cfg}", f"--workdir={work}",
+          "--run_unit=fake_cell:run"]
+  proc = subprocess.run(args + ["--processes", "2"], env=env, cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  runs = {int(p.parent.name[4:]): json.loads(p.read_text()) for p in work.rglob("summary.json")}
+  assert sorted(runs) == [0, 1, 2, 3]
+  # seeds 0, 2 in one process, 1, 3 in the other, each pinned to its own half of the cores
+  assert runs[0]["pid"] == runs[2]["pid"] != runs[1]["pid"] == runs[3]["pid"]
+  assert runs[0]["cores"] and runs[1]["cores"]
+  assert not set(runs[0]["cores"]) & set(runs[1]["cores"])
+  cores = len(os.sched_getaffinity(0))
+  for bad in ("0", str(cores + 1)):
+    proc = subprocess.run(args + [f"--processes={bad}"], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
+        f"error: --processes: got {bad}; allowed: 1..{cores}"), proc.stderr[-2000:]
