@@ -231,8 +231,8 @@ def main(argv=None):
       r = two_procs(args, cache) if mode == "two_procs" else run_child(args, mode, args.k, cache)
       if r is None:
         return 1
-      print(f"{args.method} {args.model} K={args.k} {mode:>8s}: {r['median_epoch_s']:.2f} s per epoch of all "
-            f"seeds ({r['images_per_s']:.1f} img/s), peak RSS {r['peak_rss_mib']:.0f} MiB",
+      print(f"{args.method} {args.model} K={args.k} {mode:>8s}: {r['median_epoch_s']:.2f} s "
+            f"per epoch of all seeds ({r['images_per_s']:.1f} img/s), peak RSS {r['peak_rss_mib']:.0f} MiB",
             flush=True)
       results.append(r)
   meta["load_average_at_end"] = os.getloadavg()
