@@ -26,6 +26,7 @@ import os
 import pathlib
 import subprocess
 import sys
+from typing import Sequence
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -71,24 +72,15 @@ def core_shares(cpus: list[int], processes: int) -> list[list[int]]:
   return [cpus[p * n // processes:(p + 1) * n // processes] for p in range(processes)]
 
 
-_OWN = ("--processes", "-processes", "--host_index", "-host_index", "--num_hosts", "-num_hosts")
-
-
-def run_processes(processes: int) -> int:
-  """Reruns this command as `processes` children pinned to their core shares: child p takes
-  host index host + num_hosts * p of num_hosts * processes, i.e. every P-th of this host's
-  cells. Exit status: the worst child's (130 after Ctrl-C)."""
+def run_processes(processes: int, command: Sequence[str]) -> int:
+  """Reruns this `command` (its arguments, as given) as `processes` children pinned to their
+  core shares: child p takes host index host + num_hosts * p of num_hosts * processes, i.e.
+  every P-th of this host's cells (absl keeps a flag's last value, so the appended ones win).
+  Exit status: the worst child's (130 after Ctrl-C)."""
   shares = core_shares(sorted(os.sched_getaffinity(0)), processes)
-  base, skip = [], False
-  for a in sys.argv[1:]:  # this command without the flags each child gets its own value of
-    name = a.split("=", 1)[0]
-    if skip or name in _OWN:
-      skip = not skip and "=" not in a  # '--flag value': drop the value too
-      continue
-    base.append(a)
   procs = []
   for p, cores in enumerate(shares):
-    cmd = [sys.executable, os.path.abspath(__file__), *base, "--processes=1",
+    cmd = [sys.executable, os.path.abspath(__file__), *command, "--processes=1",
            f"--host_index={_HOST.value + _NUM_HOSTS.value * p}",
            f"--num_hosts={_NUM_HOSTS.value * processes}"]
     procs.append(subprocess.Popen(cmd, preexec_fn=lambda c=cores: os.sched_setaffinity(0, c)))
@@ -110,7 +102,9 @@ def run_processes(processes: int) -> int:
   return max(codes)
 
 
-def main(argv, kwargs=()):
+def main(argv, kwargs=(), command: Sequence[str] = ()):
+  """`command`: this process's arguments as given (open-dict overrides included), for
+  --processes."""
   del argv
   if _WORKDIR.value is None:
     return cli.fail("--workdir: got nothing; allowed: the sweep's root directory")
@@ -160,7 +154,7 @@ def main(argv, kwargs=()):
     if _PROCESSES.value > 1 and not _DRY.value:
       grid.expand_grid(config, _WORKDIR.value)  # a bad grid is one error here, not one per child
       grid.host_cells([], _HOST.value, _NUM_HOSTS.value)
-      return run_processes(_PROCESSES.value)
+      return run_processes(_PROCESSES.value, command)
     if not _DRY.value:  # the same process setup as `python -m tl_jax.main`
       from tl_jax import runtime
       runtime.setup(config)
@@ -182,13 +176,14 @@ def main(argv, kwargs=()):
 
 
 def entry() -> int:
+  command = sys.argv[1:]  # cli.parse takes the open-dict overrides out of sys.argv
   try:
     rest, kwargs = cli.parse(sys.argv)
   except cli.CliError as e:
     return cli.fail(str(e))
   logging.set_verbosity(logging.INFO)
   try:
-    return main(rest, kwargs)
+    return main(rest, kwargs, command)
   except KeyboardInterrupt:
     print("error: interrupted (Ctrl-C); finished cells are kept: rerun the same command to "
           "continue", file=sys.stderr)

@@ -206,20 +206,23 @@ def test_launcher_processes_split_the_cells_over_pinned_cores(tmp_path):
         cfg.seed = seed  # the run's identity, as experiment.run_seeds records it
         pathlib.Path(workdir, "config.json").write_text(cfg.to_json_best_effort())
         pathlib.Path(workdir, "summary.json").write_text(json.dumps(
-            {"pid": os.getpid(), "cores": sorted(os.sched_getaffinity(0))}))
+            {"pid": os.getpid(), "cores": sorted(os.sched_getaffinity(0)),
+             "width": config.model.kwargs.get("width")}))
   """))
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path)]))
   work = tmp_path / "runs"
   args = [sys.executable, "launch/sweep.py", f"--config={cfg}", f"--workdir={work}",
           "--run_unit=fake_cell:run"]
-  proc = subprocess.run(args + ["--processes", "2"], env=env, cwd=ROOT, capture_output=True,
-                        text=True, timeout=300)
+  # an open-dict override (which cli.parse takes out of sys.argv) reaches the children too
+  proc = subprocess.run(args + ["--processes", "2", "--config.model.kwargs.width=7"], env=env,
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   runs = {int(p.parent.name[4:]): json.loads(p.read_text()) for p in work.rglob("summary.json")}
   assert sorted(runs) == [0, 1, 2, 3]
   # seeds 0, 2 in one process, 1, 3 in the other, each pinned to its own half of the cores
   assert runs[0]["pid"] == runs[2]["pid"] != runs[1]["pid"] == runs[3]["pid"]
   assert runs[0]["cores"] and runs[1]["cores"]
+  assert all(r["width"] == 7 for r in runs.values())
   assert not set(runs[0]["cores"]) & set(runs[1]["cores"])
   cores = len(os.sched_getaffinity(0))
   for bad in ("0", str(cores + 1)):
