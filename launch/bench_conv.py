@@ -2,7 +2,8 @@
 
 Why: XLA:CPU is slow on some convolution shapes (EfficientNet-Lite0 trains at ~0.1x PyTorch's
 speed, ResNet-32 at ~0.3x), and tl_jax's `Conv` can compute each conv in several equal ways
-(tl_jax/models/layers.py: `conv_lax`, `conv_im2col`, `conv_depthwise_shifts`, `conv_1x1_matmul`).
+(tl_jax/models/layers.py: `conv_lax`, `conv_im2col`, `conv_depthwise_shifts`, `conv_1x1_matmul`,
+`conv_toeplitz`).
 This measures which one wins per shape, so that `layers.CPU_CONV_DEFAULTS` / `cpu_conv_impl` can be
 set from numbers rather than guesses.
 
@@ -10,7 +11,7 @@ set from numbers rather than guesses.
   python launch/bench_conv.py --smoke                   # tiny shapes, 1 rep, < 1 min
 
 1. Layers: every `layers.Conv` of EfficientNet-Lite0 (224x224, batch 16), ResNet-32 (32x32,
-   batch 128) and VGG-9 (32x32, batch 64) - found by tracing the model (flax method interception
+   batch 128), VGG-9 (32x32, batch 64) and LeNet-5 (32x32x1, batch 128) - found by tracing the model (flax method interception
    under `jax.eval_shape`, so nothing runs), deduplicated with a count. For each distinct shape and
    each formulation valid for its kind, `jit(grad)` of <conv(x, kernel), random cotangent> w.r.t.
    the kernel and (except for the stem, whose input is the image) the input: one forward and the
@@ -59,8 +60,9 @@ from tl_jax.models import layers  # noqa: E402
 from tl_jax.models.efficientnet import LITE0_BLOCKS  # noqa: E402
 
 # model key -> (tl_jax name, kwargs, num_classes, (H, W, C), batch); smoke: tiny inputs, batch 2.
-MODELS = {k: bm.SPECS[k][:5] for k in ("efficientnet_lite0", "resnet32", "vgg9")}
-SMOKE_MODELS = {"efficientnet_lite0": (32, 32, 3), "resnet32": (16, 16, 3), "vgg9": (32, 32, 3)}
+MODELS = {k: bm.SPECS[k][:5] for k in ("efficientnet_lite0", "resnet32", "vgg9", "lenet5")}
+SMOKE_MODELS = {"efficientnet_lite0": (32, 32, 3), "resnet32": (16, 16, 3), "vgg9": (32, 32, 3),
+                "lenet5": (32, 32, 1)}
 # Smoke: Lite0 cut to its first 4 MBConv blocks (3x3 and 5x5, stride 1 and 2, expand 1 and 6, a
 # residual), because compiling the full train step takes ~30 s per strategy on a loaded CPU.
 SMOKE_KWARGS = {"efficientnet_lite0": {"blocks": LITE0_BLOCKS[:4]}}
@@ -72,6 +74,8 @@ STRATEGIES: dict[str, dict[str, str]] = {
     "matmul": {"pointwise": "matmul"},
     "shifts+matmul": {"depthwise": "shifts", "pointwise": "matmul"},
     "im2col": {"dense": "im2col"},                     # every non-1x1, non-depthwise conv
+    "toeplitz": {"dense": "toeplitz"},                 # the same as banded matmuls
+    "dense_lax": {"dense": "lax_loopsafe"},            # dense as XLA's conv (before toeplitz)
 }
 DEFAULT_STRATEGIES = "auto,shifts,matmul,shifts+matmul,im2col"
 SMOKE_STRATEGIES = "auto,shifts+matmul"

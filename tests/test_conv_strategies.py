@@ -1,7 +1,7 @@
 """Conv formulations (layers.conv_depthwise_shifts / conv_1x1_matmul / conv_im2col /
-conv_lax_loopsafe) equal `conv_lax` in value, gradients and Hessian-vector products; strategy
-selection (context, env var, backend defaults) and a whole EfficientNet-Lite0 under the new
-strategy.
+conv_lax_loopsafe / conv_toeplitz) equal `conv_lax` in value, gradients and Hessian-vector
+products; strategy selection (context, env var, backend defaults) and whole models (EfficientNet-
+Lite0, LeNet-5) under the new strategies.
 
 Why second order: the L2T meta-gradient differentiates through every conv twice, so a formulation
 whose first derivative matches but whose second does not would silently corrupt it.
@@ -170,6 +170,56 @@ def test_loopsafe_equals_lax(case, dtype, tol):
     assert_close_scaled(out, ref, rtol=tol, scaled_atol=tol / 10)
 
 
+# (hw, k, stride, padding, cin, cout, block): dense cases for the banded-matmul formulation.
+TOEPLITZ = [
+    ((12, 12), 5, 1, "VALID", 1, 6, None),     # LeNet-5's conv1 shape, default block (4 of 8)
+    ((9, 11), 3, 1, "SAME", 3, 5, None),       # odd width: a prime (11) -> one block
+    ((9, 11), 3, 1, "SAME", 3, 5, 4),          # a block that does not divide the width (4 of 11)
+    ((7, 9), 3, 2, ((2, 0), (1, 2)), 4, 3, 2),  # strides and asymmetric pads
+    ((8, 10), 5, (1, 2), "SAME", 2, 4, 3),     # different strides along h and w
+]
+
+
+def _toeplitz_case(case, dtype):
+  hw, k, s, padding, cin, cout, block = case
+  strides = s if isinstance(s, tuple) else (s, s)
+  x = jax.random.normal(_key(1), (2,) + hw + (cin,), dtype)
+  kernel = jax.random.normal(_key(2), (k, k, cin, cout), dtype)
+  pads = layers.explicit_padding(padding, hw, (k, k), strides)
+  fn = lambda x, k, s, p, g: layers.conv_toeplitz(x, k, s, p, g, block=block)  # noqa: E731
+  return fn, (x, kernel, strides, pads, 1)
+
+
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-4), (jnp.float64, 1e-12)])
+@pytest.mark.parametrize("case", TOEPLITZ)
+def test_toeplitz_equals_lax(case, dtype, tol):
+  """Value, gradient and HVP both as jvp of grad and as reverse over reverse (the L2T way).
+  float32 at 1e-4: the matmul sums the kh*kw*cin products in another order than XLA's conv, and
+  the HVP of the oscillating loss amplifies that (up to 4e-5 relative on single entries); float64 at
+  1e-12 is the strict check."""
+  with jax.enable_x64(dtype == jnp.float64):
+    fn, args = _toeplitz_case(case, dtype)
+    x, kernel, strides, pads, _ = args
+    ref = jax.jit(lambda x, k: _derivatives(layers.conv_lax, x, k, strides, pads, 1))(x, kernel)
+    out = jax.jit(lambda x, k: _derivatives(fn, x, k, strides, pads, 1))(x, kernel)
+    assert out[0].dtype == dtype
+    assert_close_scaled(out, ref, rtol=tol, scaled_atol=tol / 10)
+    ref = jax.jit(lambda x, k: _derivatives_reverse(layers.conv_lax, x, k, strides, pads))(
+        x, kernel)
+    out = jax.jit(lambda x, k: _derivatives_reverse(fn, x, k, strides, pads))(x, kernel)
+    assert_close_scaled(out, ref, rtol=tol, scaled_atol=tol / 10)
+
+
+def test_toeplitz_block_and_rejects_grouped():
+  # largest divisor of the output width with block * cout <= 80 (1 if none)
+  assert layers.toeplitz_block(28, 6) == 7      # LeNet-5 conv1: 7 x 6 = 42 columns
+  assert layers.toeplitz_block(10, 16) == 5     # LeNet-5 conv2
+  assert layers.toeplitz_block(32, 16) == 4     # ResNet-32's stem
+  assert layers.toeplitz_block(7, 200) == 1
+  with pytest.raises(ConfigError, match="conv_toeplitz"):
+    layers.conv_toeplitz(jnp.zeros((1, 5, 5, 4)), jnp.zeros((3, 3, 2, 4)), (1, 1), [(1, 1)] * 2, 2)
+
+
 def _loop_conv_layouts(fn) -> list[str]:
   """dim_labels of every convolution XLA compiles for a lax.scan of SGD steps (first and second
   derivatives) through `fn`: what the engine's epoch loop looks like to XLA."""
@@ -261,13 +311,20 @@ def test_defaults_per_backend():
   assert layers.default_conv_impl("cpu", (3, 3, 1, 8), 8, (7, 7), (1, 1)) == "shifts"
   assert layers.default_conv_impl("cpu", (1, 1, 8, 8), 1, (7, 7), (1, 1)) == "matmul"
   assert layers.default_conv_impl("cpu", (1, 1, 8, 8), 1, (7, 7), (2, 2)) == "lax_loopsafe"
-  assert layers.default_conv_impl("cpu", (3, 3, 8, 8), 1, (7, 7), (1, 1)) == "lax_loopsafe"
+  assert layers.default_conv_impl("cpu", (3, 3, 16, 16), 1, (7, 7), (1, 1)) == "lax_loopsafe"
+  # few channels (cin * cout <= 96), stride 1: the banded matmul; else XLA's conv
+  assert layers.default_conv_impl("cpu", (5, 5, 1, 6), 1, (28, 28), (1, 1)) == "toeplitz"
+  assert layers.default_conv_impl("cpu", (5, 5, 6, 16), 1, (10, 10), (1, 1)) == "toeplitz"
+  assert layers.default_conv_impl("cpu", (3, 3, 3, 64), 1, (32, 32), (1, 1)) == "lax_loopsafe"
+  assert layers.default_conv_impl("cpu", (3, 3, 3, 16), 1, (16, 16), (2, 2)) == "lax_loopsafe"
+  assert layers.default_conv_impl("cpu", (3, 3, 2, 8), 2, (16, 16), (1, 1)) == "lax_loopsafe"
   for backend in ("gpu", "tpu"):
     assert layers.default_conv_impl(backend, (3, 3, 1, 8), 8, (7, 7), (1, 1)) == "lax"
     assert layers.default_conv_impl(backend, (1, 1, 8, 8), 1, (7, 7), (1, 1)) == "lax"
+    assert layers.default_conv_impl(backend, (5, 5, 1, 6), 1, (28, 28), (1, 1)) == "lax"
   for backend in ("cpu", "gpu", "tpu"):
     assert layers.default_conv_impl(backend, (3, 3, 8, 8), 1, (2, 2), (1, 1)) == "im2col"
-    assert layers.default_conv_impl(backend, (3, 3, 8, 8), 1, (2, 2), (1, 1), 0) == (
+    assert layers.default_conv_impl(backend, (3, 3, 16, 16), 1, (2, 2), (1, 1), 0) == (
         "lax_loopsafe" if backend == "cpu" else "lax")
   assert layers.cpu_conv_impl((5, 5, 1, 8), 8, (1, 2), (2, 2)) == "im2col"
 
@@ -374,4 +431,32 @@ def test_efficientnet_lite0_same_logits_and_grads_under_new_strategy(monkeypatch
   assert counts["conv_depthwise"] == 0
   # only the stem (3x3/2 -> 24x24) stays an XLA conv in the forward; its backward adds convs
   assert 1 <= counts["conv_other"] <= 3
+  assert_close_scaled(new, ref, rtol=1e-4, scaled_atol=1e-5)
+
+
+def test_lenet5_same_logits_and_grads_with_banded_convs(monkeypatch):
+  """LeNet-5 (both convs have few channels): logits and every parameter gradient with its convs
+  as banded matmuls (`dense=toeplitz`, the CPU default for them) equal XLA's convolutions' to
+  float32 rounding, and that program has no XLA convolution left."""
+  monkeypatch.delenv(layers.CONV_IMPL_ENV, raising=False)
+  model = models.create_model("lenet5", 10)
+  x = jax.random.normal(_key(5), (3, 32, 32, 1))
+  labels = jnp.array([3, 7, 0])
+  params = jax.jit(lambda k, x: model.init(k, x))(_key(6), x)["params"]
+
+  def make_loss_and_grads():  # a new function per strategy (see the Lite0 test)
+    def loss_and_grads(p):
+      def loss(p):
+        logits, _ = model.apply({"params": p}, x)
+        return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(3), labels]), logits
+      (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(p)
+      return logits, grads
+    return loss_and_grads
+
+  with layers.conv_strategy("lax"):
+    ref = jax.jit(make_loss_and_grads())(params)
+  with layers.conv_strategy(dense="toeplitz"):
+    counts = _impls_in_jaxpr(make_loss_and_grads(), params)
+    new = jax.jit(make_loss_and_grads())(params)
+  assert counts["conv_other"] == 0 and counts["dot_general"] >= 2
   assert_close_scaled(new, ref, rtol=1e-4, scaled_atol=1e-5)

@@ -14,7 +14,9 @@ to float rounding in value, gradient and second derivatives): `conv_lax` (XLA's 
 layout, so that it stays fast inside `lax.scan` / `lax.map`: see `conv_nhwc`),
 `conv_im2col` (patches + matmul), `conv_depthwise_shifts` (depthwise only: a sum of kh*kw
 shifted slices times per-channel weights, i.e. fused multiply-adds XLA:CPU vectorises along
-channels) and `conv_1x1_matmul` (1x1, ungrouped: a strided slice + one matmul). Why several:
+channels), `conv_1x1_matmul` (1x1, ungrouped: a strided slice + one matmul) and
+`conv_toeplitz` (dense, ungrouped: one matmul of input rows with a banded kernel matrix, for
+convs with few channels, e.g. LeNet-5's). Why several:
 XLA:CPU is slow on some shapes (EfficientNet-Lite0's depthwise convs; see launch/bench_conv.py),
 and which formulation wins depends on the shape and machine. Which one a `Conv` uses:
   1. `force_im2col=True` -> im2col;
@@ -26,7 +28,8 @@ and which formulation wins depends on the shape and machine. Which one a `Conv` 
   3. else 'auto': im2col on outputs of <= `small_map_pixels` pixels (as before, on every backend:
      VGG-9 sets that threshold per backend itself), otherwise `cpu_conv_impl` on the 'cpu'
      backend (the per-kind table `CPU_CONV_DEFAULTS`, set from measurements: depthwise as
-     shifted multiply-adds, 1x1 as matmul, the rest XLA's conv with loop-safe derivatives,
+     shifted multiply-adds, 1x1 as matmul, dense stride-1 convs with cin * cout <=
+     `TOEPLITZ_MAX_CIN_COUT` as banded matmuls, the rest XLA's conv with loop-safe derivatives,
      `conv_lax_loopsafe`) and `conv_lax` on GPU/TPU.
 Like `frozen_batch_norm`, the strategy is read while tracing, and jax caches traces by function
 identity: `jax.jit(f)` (or `jax.make_jaxpr(f)`) of an `f` already traced under another strategy
@@ -55,6 +58,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 from flax.linen.dtypes import promote_dtype
 
@@ -243,15 +247,62 @@ def conv_1x1_matmul(x: Array, kernel: Array, strides: Sequence[int],
   return x @ kernel.reshape(cin, cout)
 
 
+def toeplitz_block(out_w: int, cout: int, max_cols: int = 80) -> int:
+  """Output columns per block for `conv_toeplitz`: the largest divisor of `out_w` whose block
+  (block * cout matmul columns) has at most `max_cols` columns. Why: wider blocks make a better
+  shaped matmul but multiply zeros (the band holds kw of every block + kw - 1 input columns);
+  launch/bench_conv.py put the best block of LeNet-5's and ResNet-32's first convs there."""
+  return max(b for b in range(1, out_w + 1) if out_w % b == 0 and (b == 1 or b * cout <= max_cols))
+
+
+def conv_toeplitz(x: Array, kernel: Array, strides: Sequence[int],
+                  pads: Sequence[tuple[int, int]], groups: int = 1,
+                  block: int | None = None) -> Array:
+  """Dense NHWC conv (groups 1) as one matmul per output row with a banded (block-Toeplitz)
+  kernel matrix: the kh input rows under an output row, cut into blocks of `block` output columns
+  (block - 1) * sw + kw input columns wide, times T[(i, u, c), (w, o)] = kernel[i, u - sw * w, c, o]
+  (zero outside the band). `block` None: `toeplitz_block(out_w, cout)`.
+
+  Why: XLA:CPU's convolution is slow when the channel counts are small (LeNet-5's 1->6 5x5 conv
+  runs at ~11 GFLOP/s), because its GEMM then has 6 columns; im2col has the same shape. Folding
+  `block` output columns into the matmul's columns gives it block * cout columns at the price of
+  the band's zeros. For wide channels XLA's conv wins (launch/bench_conv.py). The gradients are
+  the matmul's, a gather's (T from the kernel) and slices', so every order differentiates
+  (forward mode too)."""
+  kh, kw, cin, cout = kernel.shape
+  if groups != 1 or cin != x.shape[-1]:
+    raise ConfigError("conv_toeplitz.kernel", (tuple(kernel.shape), groups),
+                      "a dense kernel with feature_group_count 1")
+  sh, sw = strides
+  x = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+  n, hp, wp, _ = x.shape
+  ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+  block = min(block or toeplitz_block(wo, cout), wo)
+  nb = -(-wo // block)
+  span = (block - 1) * sw + kw
+  need = (nb * block - 1) * sw + kw
+  if need > wp:  # a block size that does not divide the width: compute past the edge, cut below
+    x = jnp.pad(x, ((0, 0), (0, 0), (0, need - wp), (0, 0)))
+  rows = jnp.stack([x[:, i:i + (ho - 1) * sh + 1:sh] for i in range(kh)], axis=2)  # n ho kh W c
+  rows = jnp.stack([rows[:, :, :, b * block * sw:b * block * sw + span] for b in range(nb)],
+                   axis=2)  # n, ho, nb, kh, span, cin
+  u = np.arange(span)[:, None] - sw * np.arange(block)[None, :]  # (span, block): tap column
+  band = ((u >= 0) & (u < kw))[None, :, None, :, None]
+  taps = kernel[:, np.clip(u, 0, kw - 1)].transpose(0, 1, 3, 2, 4)  # kh, span, cin, block, cout
+  t = jnp.where(band, taps, jnp.zeros((), kernel.dtype))
+  out = rows.reshape(n * ho * nb, kh * span * cin) @ t.reshape(kh * span * cin, block * cout)
+  return out.reshape(n, ho, nb * block, cout)[:, :, :wo]
+
+
 CONV_FNS: dict[str, Callable[..., Array]] = {
     "lax": conv_lax, "lax_loopsafe": conv_lax_loopsafe, "im2col": conv_im2col,
-    "shifts": conv_depthwise_shifts, "matmul": conv_1x1_matmul}
+    "shifts": conv_depthwise_shifts, "matmul": conv_1x1_matmul, "toeplitz": conv_toeplitz}
 CONV_KINDS = ("depthwise", "pointwise", "dense")
 # Formulations valid per kind; 'auto' = the backend default (see the module docstring).
 CONV_CHOICES: dict[str, tuple[str, ...]] = {
     "depthwise": ("auto", "lax", "im2col", "shifts"),
     "pointwise": ("auto", "lax", "lax_loopsafe", "im2col", "matmul"),
-    "dense": ("auto", "lax", "lax_loopsafe", "im2col"),
+    "dense": ("auto", "lax", "lax_loopsafe", "im2col", "toeplitz"),
 }
 # The per-kind XLA:CPU default above the small-map rule, from launch/bench_conv.py on the 2-core
 # AVX2 VM (results/benchmarks/conv_cpu2.json, README there): depthwise convs as shifted
@@ -262,6 +313,11 @@ CONV_CHOICES: dict[str, tuple[str, ...]] = {
 # runs 40-80x slower.
 CPU_CONV_DEFAULTS: dict[str, str] = {"depthwise": "shifts", "pointwise": "matmul",
                                      "dense": "lax_loopsafe"}
+# Dense stride-1 convs with cin * cout at most this use `conv_toeplitz` on CPU: LeNet-5's two
+# convs (1->6, 6->16) and ResNet-32's stem (3->16) compute 1.3-2.6x faster that way, while
+# VGG-9's stem (3->64), ResNet-32's 16->16 and Lite0's strided stem are faster as XLA's conv
+# (launch/bench_conv.py, results/benchmarks/README.md).
+TOEPLITZ_MAX_CIN_COUT = 96
 CONV_IMPL_ENV = "TL_JAX_CONV_IMPL"
 
 
@@ -283,12 +339,15 @@ def is_small_map(out_hw: Sequence[int], small_map_pixels: int = SMALL_MAP_PIXELS
 
 def cpu_conv_impl(kernel_shape: Sequence[int], groups: int, out_hw: Sequence[int],
                   strides: Sequence[int], small_map_pixels: int = SMALL_MAP_PIXELS) -> str:
-  """The formulation a conv uses on XLA:CPU by default: im2col for small maps, else the
-  `CPU_CONV_DEFAULTS` entry of its kind. The one place to encode per-shape measurements (a rule
-  on `out_hw` / `strides` can go here)."""
+  """The formulation a conv uses on XLA:CPU by default: im2col for small maps, `conv_toeplitz`
+  for dense stride-1 convs with few channels (`TOEPLITZ_MAX_CIN_COUT`), else the
+  `CPU_CONV_DEFAULTS` entry of its kind. The one place to encode per-shape measurements."""
   if is_small_map(out_hw, small_map_pixels):
     return "im2col"
   kind = conv_kind(kernel_shape, groups)
+  if (kind == "dense" and groups == 1 and tuple(strides) == (1, 1)
+      and kernel_shape[2] * kernel_shape[3] <= TOEPLITZ_MAX_CIN_COUT):
+    return "toeplitz"
   if kind == "pointwise" and tuple(strides) != (1, 1):
     # ResNet's strided 1x1 shortcuts: no measurable step gain as matmuls (conv_cpu2.json); XLA's
     # conv (with loop-safe derivatives) keeps ResNet-32 (the L2T source) computing as before
