@@ -268,7 +268,9 @@ def _num_xla_convs(fn, *args):
     (4, 1, 4, True), (3, 1, 4, True),     # 16 / 9 output pixels
     (3, 1, 9, False), (2, 1, 0, True)])   # configurable; 0 disables im2col
 def test_conv_dispatch_by_output_size(hw, stride, threshold, uses_xla_conv):
-  conv = layers.Conv(4, (3, 3), (stride, stride), padding=1, small_map_pixels=threshold)
+  # 40 features: 3 * 40 channels is above layers.TOEPLITZ_MAX_CIN_COUT, so on CPU the maps
+  # above the threshold are XLA convs (fewer channels would be banded matmuls)
+  conv = layers.Conv(40, (3, 3), (stride, stride), padding=1, small_map_pixels=threshold)
   x = jax.ShapeDtypeStruct((1, hw, hw, 3), jnp.float32)
   params = jax.eval_shape(conv.init, _key(0), x)
   assert _num_xla_convs(conv.apply, params, x) == int(uses_xla_conv)
