@@ -11,9 +11,9 @@ set from numbers rather than guesses.
   python launch/bench_conv.py --smoke                   # tiny shapes, 1 rep, < 1 min
 
 1. Layers: every `layers.Conv` of EfficientNet-Lite0 (224x224, batch 16), ResNet-32 (32x32,
-   batch 128), VGG-9 (32x32, batch 64) and LeNet-5 (32x32x1, batch 128) - found by tracing the model (flax method interception
-   under `jax.eval_shape`, so nothing runs), deduplicated with a count. For each distinct shape and
-   each formulation valid for its kind, `jit(grad)` of <conv(x, kernel), random cotangent> w.r.t.
+   batch 128), VGG-9 (32x32, batch 64) and LeNet-5 (32x32x1, batch 128) - found by tracing the
+   model (flax method interception under `jax.eval_shape`, so nothing runs), deduplicated with
+   a count. For each distinct shape and each formulation valid for its kind, `jit(grad)` of <conv(x, kernel), random cotangent> w.r.t.
    the kernel and (except for the stem, whose input is the image) the input: one forward and the
    backward a train step runs. Compile time = the first call; then one more warm-up call and
    --reps timed calls (block_until_ready); the median is reported. `auto` = the formulation

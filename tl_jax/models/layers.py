@@ -251,7 +251,8 @@ def toeplitz_block(out_w: int, cout: int, max_cols: int = 80) -> int:
   """Output columns per block for `conv_toeplitz`: the largest divisor of `out_w` whose block
   (block * cout matmul columns) has at most `max_cols` columns. Why: wider blocks make a better
   shaped matmul but multiply zeros (the band holds kw of every block + kw - 1 input columns);
-  launch/bench_conv.py put the best block of LeNet-5's and ResNet-32's first convs there."""
+  timed in a scan, the best block of LeNet-5's two convs and ResNet-32's stem is this one
+  (results/benchmarks/README.md, 2026-12-03 night)."""
   return max(b for b in range(1, out_w + 1) if out_w % b == 0 and (b == 1 or b * cout <= max_cols))
 
 
@@ -313,10 +314,10 @@ CONV_CHOICES: dict[str, tuple[str, ...]] = {
 # runs 40-80x slower.
 CPU_CONV_DEFAULTS: dict[str, str] = {"depthwise": "shifts", "pointwise": "matmul",
                                      "dense": "lax_loopsafe"}
-# Dense stride-1 convs with cin * cout at most this use `conv_toeplitz` on CPU: LeNet-5's two
-# convs (1->6, 6->16) and ResNet-32's stem (3->16) compute 1.3-2.6x faster that way, while
-# VGG-9's stem (3->64), ResNet-32's 16->16 and Lite0's strided stem are faster as XLA's conv
-# (launch/bench_conv.py, results/benchmarks/README.md).
+# Dense stride-1 convs with cin * cout at most this use `conv_toeplitz` on CPU: timed in a scan
+# (as the engine runs them), LeNet-5's two convs (1->6, 6->16) and ResNet-32's stem (3->16)
+# train 1.6-2.6x faster that way, while VGG-9's stem (3->64), ResNet-32's 16->16 and Lite0's
+# strided stem are faster as XLA's conv (results/benchmarks/README.md, 2026-12-03 night).
 TOEPLITZ_MAX_CIN_COUT = 96
 CONV_IMPL_ENV = "TL_JAX_CONV_IMPL"
 
