@@ -9,13 +9,16 @@ set from numbers rather than guesses.
 
   python launch/bench_conv.py --reps 20 --out results/benchmarks/conv_<host>.json
   python launch/bench_conv.py --smoke                   # tiny shapes, 1 rep, < 1 min
+  python launch/bench_conv.py --loop 6 --strategies ''   # each conv inside a scan, layers only
 
 1. Layers: every `layers.Conv` of EfficientNet-Lite0 (224x224, batch 16), ResNet-32 (32x32,
    batch 128), VGG-9 (32x32, batch 64) and LeNet-5 (32x32x1, batch 128) - found by tracing the
    model (flax method interception under `jax.eval_shape`, so nothing runs), deduplicated with
-   a count. For each distinct shape and each formulation valid for its kind, `jit(grad)` of <conv(x, kernel), random cotangent> w.r.t.
-   the kernel and (except for the stem, whose input is the image) the input: one forward and the
-   backward a train step runs. Compile time = the first call; then one more warm-up call and
+   a count. For each distinct shape and each formulation valid for its kind,
+   `jit(value_and_grad)` of <conv(x, kernel), random cotangent> w.r.t. the kernel and (except for
+   the stem, whose input is the image) the input: one forward and the backward a train step runs;
+   with --loop N, N such calls inside one `lax.scan` (as the engine's epoch runs them; XLA:CPU
+   compiles some formulations differently there), timed per call. Compile time = the first call; then one more warm-up call and
    --reps timed calls (block_until_ready); the median is reported. `auto` = the formulation
    `Conv` picks today on CPU. With --torch (default if torch imports), PyTorch's F.conv2d
    fwd+bwd on the same shape (NCHW, torch.set_num_threads(os.cpu_count())) as the target.
@@ -164,8 +167,12 @@ def _time(fn: Callable[[], Any], reps: int) -> dict:
           "times_s": times}
 
 
-def time_conv(conv: ConvShape, impl: str, reps: int) -> dict:
-  """jit(grad) of <conv(x, kernel), ct> w.r.t. kernel (and x if `conv.needs_dx`)."""
+def time_conv(conv: ConvShape, impl: str, reps: int, loop: int = 0) -> dict:
+  """jit(value_and_grad) of <conv(x, kernel), ct> w.r.t. kernel (and x if `conv.needs_dx`): the
+  forward (the value needs it; a bare grad of this linear loss would skip it) and the backward.
+  `loop` > 0: `loop` such calls inside one `lax.scan` (the kernel updated from its gradient,
+  x and ct read from stacked copies so nothing is hoisted out of the loop), as the engine's
+  epoch runs them; times are then per call."""
   fn = layers.CONV_FNS[impl]
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((conv.batch,) + conv.in_hw + (conv.cin,)), jnp.float32)
@@ -176,8 +183,22 @@ def time_conv(conv: ConvShape, impl: str, reps: int) -> dict:
   def loss(x, k, ct):
     return jnp.vdot(fn(x, k, conv.strides, conv.pads, conv.groups), ct)
 
-  step = jax.jit(jax.grad(loss, argnums=argnums))
-  return _time(lambda: step(x, k, ct), reps)
+  value_and_grad = jax.value_and_grad(loss, argnums=argnums)
+  if not loop:
+    step = jax.jit(value_and_grad)
+    return _time(lambda: step(x, k, ct), reps)
+
+  def body(k, x_ct):
+    value, grads = value_and_grad(x_ct[0], k, x_ct[1])
+    keep = value + (jnp.sum(grads[0]) if conv.needs_dx else 0.0)  # dx is used, not dropped
+    return k - 1e-6 * grads[-1], keep
+
+  xs, cts = jnp.stack([x] * loop), jnp.stack([ct] * loop)
+  looped = jax.jit(lambda k, xs, cts: jax.lax.scan(body, k, (xs, cts)))
+  rec = _time(lambda: looped(k, xs, cts), reps)
+  return {"first_s": rec["first_s"], "median_s": rec["median_s"] / loop,
+          "min_s": rec["min_s"] / loop, "times_s": [t / loop for t in rec["times_s"]],
+          "loop": loop}
 
 
 def time_torch_conv(conv: ConvShape, reps: int) -> dict:
@@ -235,6 +256,8 @@ def main(argv: list[str] | None = None) -> None:
                  f"(default {DEFAULT_STRATEGIES}; smoke {SMOKE_STRATEGIES}); '' skips the models")
   p.add_argument("--impls", default=",".join(layers.CONV_FNS),
                  help="per-layer formulations to time (each only where valid for the kind)")
+  p.add_argument("--loop", type=int, default=0,
+                 help="time each conv as N calls inside one lax.scan, per call (0: called alone)")
   p.add_argument("--max-convs", type=int, default=0,
                  help="time at most this many distinct shapes per kind and model (0: all)")
   p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=None,
@@ -260,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
   for s in strategies:
     if s not in STRATEGIES:
       raise ConfigError("bench_conv.strategies", s, list(STRATEGIES))
+  if args.loop < 0:
+    raise ConfigError("bench_conv.loop", args.loop, "0 (each conv called alone) or N >= 1")
   reps = 1 if args.smoke else args.reps
   max_convs = args.max_convs or (2 if args.smoke else 0)
   use_torch = args.torch
@@ -292,6 +317,7 @@ def main(argv: list[str] | None = None) -> None:
                        "cpu_flags": bm.cpu_flags()},
           "versions": bm.versions(), "backend": jax.default_backend(),
           "loadavg_start": bm.loadavg(), "smoke": args.smoke, "reps": reps,
+          "loop": args.loop,
           "env": {k: os.environ.get(k, "") for k in (layers.CONV_IMPL_ENV, "XLA_FLAGS",
                                                       "OMP_WAIT_POLICY", "OMP_NUM_THREADS")},
           "cpu_conv_defaults": dict(layers.CPU_CONV_DEFAULTS),
@@ -332,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
         if impl not in layers.CONV_CHOICES[conv.kind]:
           continue
         try:
-          rec["times"][impl] = time_conv(conv, impl, reps)
+          rec["times"][impl] = time_conv(conv, impl, reps, args.loop)
         except Exception as e:  # noqa: BLE001 -- one failure must not lose the table
           errors.append({"model": key, "shape": conv.label(), "impl": impl, "error": repr(e)[:500]})
       if use_torch:
@@ -409,4 +435,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except ConfigError as e:  # bad arguments: one line, exit 2
+    print(e, file=sys.stderr)
+    raise SystemExit(2)
